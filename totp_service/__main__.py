@@ -1,0 +1,3 @@
+from totp_service.cli import main
+
+raise SystemExit(main())
