@@ -1,0 +1,334 @@
+"""The `totp-service` command: argparse front for the store, the service and the launcher.
+
+Errors raised below are specific exception classes; this edge turns them into one line on
+stderr and a non-zero exit, never a stack trace. Nothing here ever prints a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from totp_service import bootstrap, crypto, otp
+from totp_service.config import ConfigError, Settings, load_settings
+from totp_service.qr import QrError, read_qr_text
+from totp_service.store import SecretMeta, Store, StoreError, check_identifier
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+class UsageError(Exception):
+    """A command line that cannot work as given."""
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- init and keys ---------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    result = bootstrap.init_store(settings)
+    if not result.created_store:
+        print(f"already initialised: {result.database} (master key from {result.key_source}); nothing changed")
+        return 0
+    print(f"created store {result.database}")
+    if result.created_key_file:
+        print(f"created key file {settings.key_file_path} (mode 0600): back it up; without it the secrets are lost")
+    else:
+        print(f"master key from {result.key_source}")
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
+    new_path = Path(args.new_key_file).expanduser()
+    with bootstrap.open_store(settings) as store:
+        if new_path.exists():
+            new_key = crypto.load_key_file(new_path)
+        else:
+            new_key = crypto.create_key_file(new_path)
+            print(f"created new key file {new_path} (mode 0600)")
+        if new_key.key_id == store.key_id:
+            raise UsageError("the new key is the key the store already uses")
+        count = store.rotate_key(new_key)
+    print(f"re-encrypted {count} secret(s) under key {new_key.key_id}; the old key opens nothing now")
+    uses_default_file = not settings.master_key and not settings.passphrase
+    if uses_default_file and new_path.resolve() != settings.key_file_path.resolve():
+        replacement = settings.key_file_path.with_suffix(".new")
+        crypto.write_private_file(replacement, (new_key.to_base64() + "\n").encode("ascii"))
+        os.replace(replacement, settings.key_file_path)
+        print(f"replaced {settings.key_file_path} with the new key")
+    elif not uses_default_file:
+        print(f"from now on open the store with the key in {new_path} "
+              f"(set TOTP_SERVICE_MASTER_KEY to its content or key_file: {new_path})")
+    return 0
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def _spec_from_args(args: argparse.Namespace) -> otp.TotpSpec:
+    sources = [s for s in ("uri", "secret", "stdin", "qr") if getattr(args, s)]
+    if len(sources) != 1:
+        raise UsageError("give exactly one of --uri, --secret, --stdin, --qr")
+    params = {"algorithm": args.algorithm, "digits": args.digits, "period": args.period}
+    if args.uri:
+        return otp.parse_uri(args.uri)
+    if args.secret:
+        return otp.spec_from_base32(args.secret, **params)
+    if args.qr:
+        return otp.parse_any(read_qr_text(Path(args.qr)))
+    text = sys.stdin.read()
+    return otp.parse_any(text, **params)
+
+
+def _meta_line(meta: SecretMeta) -> str:
+    label = " / ".join(x for x in (meta.issuer, meta.account) if x) or "-"
+    agents = ",".join(meta.allowed_agents) or "any agent"
+    return f"{meta.identifier}\t{meta.algorithm} {meta.digits} digits {meta.period}s\t{label}\t{agents}"
+
+
+def cmd_secret_add(args: argparse.Namespace, settings: Settings) -> int:
+    spec = _spec_from_args(args)
+    with bootstrap.open_store(settings) as store:
+        meta = store.put_secret(
+            args.identifier,
+            spec,
+            allowed_agents=args.allow_agent or (),
+            min_validity_seconds=args.min_validity,
+            replace=args.replace,
+        )
+    if args.json:
+        _print_json(meta.to_dict())
+    else:
+        print(f"stored {meta.identifier} ({meta.algorithm}, {meta.digits} digits, {meta.period}s)")
+    return 0
+
+
+def _read_import_lines(source: str) -> list[str]:
+    if source == "-":
+        return sys.stdin.read().splitlines()
+    try:
+        return Path(source).read_text("utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror or exc.__class__.__name__}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{source} is not UTF-8 text") from None
+
+
+def _parse_mapping(pairs: Sequence[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        account, sep, identifier = pair.partition("=")
+        if not sep or not account or not identifier:
+            raise UsageError(f"--map takes ACCOUNT=IDENTIFIER (got {pair!r})")
+        mapping[account] = identifier
+    return mapping
+
+
+def cmd_secret_import(args: argparse.Namespace, settings: Settings) -> int:
+    mapping = _parse_mapping(args.map or [])
+    items: list[tuple[str, otp.TotpSpec]] = []
+    for number, line in enumerate(_read_import_lines(args.file), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            specs = otp.parse_line(line)
+        except otp.OtpFormatError as exc:
+            raise UsageError(f"line {number}: {exc}; nothing was imported") from None
+        for spec in specs:
+            account = spec.account or ""
+            identifier = mapping.get(account, account)
+            if not identifier:
+                raise UsageError(f"line {number}: an account has no name; give --map; nothing was imported")
+            try:
+                items.append((check_identifier(identifier), spec))
+            except StoreError as exc:
+                raise UsageError(f"line {number}: {exc}; nothing was imported") from None
+    if not items:
+        raise UsageError("no secrets found in the input")
+    with bootstrap.open_store(settings) as store:
+        try:
+            count = store.put_many(items, allowed_agents=args.allow_agent or (), replace=args.replace)
+        except StoreError as exc:
+            raise UsageError(f"{exc}; nothing was imported") from None
+    print(f"imported {count} secret(s)")
+    return 0
+
+
+def cmd_secret_list(args: argparse.Namespace, settings: Settings) -> int:
+    with bootstrap.open_store(settings) as store:
+        metas = store.list_meta()
+    if args.json:
+        _print_json([m.to_dict() for m in metas])
+    elif not metas:
+        print("no secrets stored (add one with `totp-service secret add IDENTIFIER --stdin`)")
+    else:
+        for meta in metas:
+            print(_meta_line(meta))
+    return 0
+
+
+def cmd_secret_show(args: argparse.Namespace, settings: Settings) -> int:
+    with bootstrap.open_store(settings) as store:
+        meta = store.get_meta(args.identifier)
+    if args.json:
+        _print_json(meta.to_dict())
+    else:
+        for key, value in meta.to_dict().items():
+            if key in ("created_at", "updated_at"):
+                value = _iso(value)
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_secret_remove(args: argparse.Namespace, settings: Settings) -> int:
+    with bootstrap.open_store(settings) as store:
+        store.remove_secret(args.identifier)
+    print(f"removed {args.identifier}")
+    return 0
+
+
+def cmd_code(args: argparse.Namespace, settings: Settings) -> int:
+    at = time.time() if args.at is None else args.at
+    with bootstrap.open_store(settings) as store:
+        meta = store.get_meta(args.identifier)
+        spec = store.get_spec(args.identifier)
+    code = otp.code_at(spec, at)
+    left = otp.seconds_left(spec, at)
+    if args.json:
+        _print_json({"identifier": meta.identifier, "code": code, "seconds_left": round(left, 3),
+                     "expires_at": _iso(otp.window_start(spec, at) + spec.period)})
+    else:
+        print(f"{code}  ({int(left)}s left)")
+    return 0
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+
+def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
+    secret = sub.add_parser("secret", help="add, import, list, show and remove secrets")
+    ssub = secret.add_subparsers(dest="secret_command", required=True, metavar="COMMAND")
+
+    add = ssub.add_parser("add", help="store one secret under an identifier")
+    add.add_argument("identifier", help="the totp_identifier: an email, phone number or user id")
+    add.add_argument("--uri", help="an otpauth://totp/... URI")
+    add.add_argument("--secret", help="a base32 secret (prefer --stdin: it stays out of shell history)")
+    add.add_argument("--stdin", action="store_true", help="read a URI or base32 secret from standard input")
+    add.add_argument("--qr", metavar="IMAGE", help="a screenshot of the QR code (extra: totp-service[qr])")
+    add.add_argument("--algorithm", default="SHA1", help="SHA1, SHA256 or SHA512 (with --secret/--stdin)")
+    add.add_argument("--digits", type=int, default=6, help="6, 7 or 8 (with --secret/--stdin)")
+    add.add_argument("--period", type=int, default=30, help="seconds per code (with --secret/--stdin)")
+    add.add_argument("--allow-agent", action="append", metavar="WPID", help="only this agent may get codes")
+    add.add_argument("--min-validity", type=float, metavar="SECONDS", help="override codes.min_validity_seconds")
+    add.add_argument("--replace", action="store_true", help="overwrite an existing secret")
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(handler=cmd_secret_add)
+
+    imp = ssub.add_parser("import", help="import a file of otpauth / otpauth-migration URIs (all or nothing)")
+    imp.add_argument("file", help="path, or - for standard input")
+    imp.add_argument("--map", action="append", metavar="ACCOUNT=IDENTIFIER", help="store ACCOUNT under IDENTIFIER")
+    imp.add_argument("--allow-agent", action="append", metavar="WPID")
+    imp.add_argument("--replace", action="store_true")
+    imp.set_defaults(handler=cmd_secret_import)
+
+    lst = ssub.add_parser("list", help="list identifiers and metadata (never secrets)")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(handler=cmd_secret_list)
+
+    show = ssub.add_parser("show", help="one secret's metadata (never the secret)")
+    show.add_argument("identifier")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_secret_show)
+
+    rm = ssub.add_parser("remove", help="delete a secret")
+    rm.add_argument("identifier")
+    rm.set_defaults(handler=cmd_secret_remove)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="totp-service",
+        description="Self-hosted TOTP codes for Skyvern runs: encrypted store, signed totp_url, push launcher.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML config (default: $TOTP_SERVICE_CONFIG)")
+    parser.add_argument("--data-dir", metavar="DIR", help="data directory (default: $TOTP_SERVICE_DATA_DIR "
+                        "or ~/.local/share/totp-service)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = sub.add_parser("init", help="create the data dir, key file and database (safe to rerun)")
+    init.set_defaults(handler=cmd_init)
+
+    rotate = sub.add_parser("rotate-key", help="re-encrypt every secret under a new master key")
+    rotate.add_argument("--new-key-file", required=True, metavar="FILE", help="created if missing")
+    rotate.set_defaults(handler=cmd_rotate_key)
+
+    _add_secret_parsers(sub)
+
+    code = sub.add_parser("code", help="print the current code and the seconds it has left")
+    code.add_argument("identifier")
+    code.add_argument("--at", type=float, metavar="UNIX_SECONDS", help="compute for this time instead of now")
+    code.add_argument("--json", action="store_true")
+    code.set_defaults(handler=cmd_code)
+
+    for register in _extension_registrars():
+        register(sub)
+    return parser
+
+
+def _extension_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Commands that live in their own modules (service, launcher), when present."""
+    registrars = []
+    for module_name in ("totp_service.cli_service", "totp_service.cli_launch"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        registrars.append(module.register)
+    return registrars
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        UsageError, ConfigError, StoreError, crypto.CryptoError, otp.OtpFormatError, QrError
+    ]
+    try:
+        from totp_service.skyvern import SkyvernError
+    except ImportError:  # pragma: no cover - the client module is part of the package
+        pass
+    else:
+        errors.append(SkyvernError)
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # anything we create (WAL files, keys) is owner-only
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        overrides = {"data_dir": Path(args.data_dir).expanduser()} if args.data_dir else None
+        settings = load_settings(args.config, overrides=overrides)
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except _known_errors() as exc:
+        print(f"totp-service: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
