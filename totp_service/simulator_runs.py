@@ -1,0 +1,661 @@
+"""The Skyvern simulator's model: options, run-request validation, state, and the run lifecycle.
+
+Why: tests and the offline demo need a Skyvern that behaves like shared/SKYVERN.md says (signed
+totp_url polls, pushed codes counted only from ``started_at``, strict code checking at typing
+time) and that finishes in seconds. The HTTP layer lives in ``simulator.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import ipaddress
+import json
+import re
+import secrets as _secrets
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+import pyotp
+
+from totp_service.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, compact_json, sign
+
+FINAL_STATUSES: Final = frozenset({"completed", "failed", "terminated", "canceled", "timed_out"})
+PROXY_LOCATIONS: Final = frozenset(
+    {
+        "RESIDENTIAL", "RESIDENTIAL_ES", "RESIDENTIAL_IE", "RESIDENTIAL_GB", "RESIDENTIAL_IN",
+        "RESIDENTIAL_JP", "RESIDENTIAL_FR", "RESIDENTIAL_DE", "RESIDENTIAL_NZ", "RESIDENTIAL_PH",
+        "RESIDENTIAL_KR", "RESIDENTIAL_SA", "RESIDENTIAL_ZA", "RESIDENTIAL_AR", "RESIDENTIAL_AU",
+        "RESIDENTIAL_BR", "RESIDENTIAL_TR", "RESIDENTIAL_CA", "RESIDENTIAL_MX", "RESIDENTIAL_IT",
+        "RESIDENTIAL_NL", "RESIDENTIAL_ISP", "NONE", "US-CA", "US-NY", "US-TX", "US-FL", "US-WA",
+    }
+)
+TASK_ENGINES: Final = frozenset({"skyvern-1.0", "skyvern-2.0", "openai-cua", "anthropic-cua", "ui-tars"})
+_DIGESTS: Final = {"SHA1": hashlib.sha1, "SHA256": hashlib.sha256, "SHA512": hashlib.sha512}
+
+
+@dataclass(frozen=True)
+class SimulatorOptions:
+    """Timings (seconds) and behaviour switches; Skyvern's real values are in the comments."""
+
+    poll_interval: float = 1.0  # Skyvern: ~10 s between polls
+    first_poll_delay: float = 0.2  # Skyvern: 10 s before the first poll
+    queue_delay: float = 0.1  # created/queued -> running
+    typing_delay: float = 1.0  # code received -> code typed (an LLM step sits in between)
+    code_wait_timeout: float = 60.0  # Skyvern: 15 min
+    totp_request_timeout: float = 5.0  # Skyvern: 30 s per totp_url request
+    totp_retry_delay: float = 0.2  # Skyvern: failed request retried up to 3 times, 5 s apart
+    totp_retries: int = 3
+    block_private_totp_url: bool = False  # True = behave like cloud Skyvern (400 blocked host)
+    reject_replayed_codes: bool = True  # the "site" refuses a code already used in its window
+    known_agents: tuple[str, ...] | None = None  # None = every wpid_ exists
+    app_url: str = "https://app.skyvern.com"
+
+
+class RequestInvalid(Exception):
+    """A run/push request Skyvern would refuse; carries the status and FastAPI-style detail."""
+
+    def __init__(self, status: int, detail: Any):
+        super().__init__(str(status))
+        self.status = status
+        self.detail = detail
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """Skyvern serialises naive UTC timestamps (no zone suffix)."""
+    return None if moment is None else moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat()
+
+
+def normalize_identifier(identifier: str) -> str:
+    """Skyvern stores email-like identifiers trimmed and case-folded, others as given."""
+    trimmed = identifier.strip()
+    return trimmed.casefold() if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", trimmed) else identifier
+
+
+def parse_timestamp(value: str) -> datetime:
+    """ISO 8601 with ``Z``, an offset, or no zone (taken as UTC)."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+# -- request validation ----------------------------------------------------------------------
+
+
+def _err(loc: str, msg: str, value: Any = None, kind: str = "value_error") -> dict[str, Any]:
+    return {"type": kind, "loc": ["body", loc], "msg": msg, "input": value}
+
+
+def _check_optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], errors: list) -> None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is int):
+        errors.append(_err(name, f"Input should be a valid {getattr(kind, '__name__', 'value')}", value))
+
+
+def _check_str_map(body: dict[str, Any], name: str, errors: list) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        errors.append(_err(name, "Input should be a valid dictionary of strings", value))
+
+
+def _check_url(body: dict[str, Any], name: str, errors: list) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        errors.append(_err(name, "Input should be a valid URL", value, "url_parsing"))
+
+
+def _check_proxy(value: Any, errors: list) -> None:
+    if value is None:
+        return
+    if isinstance(value, str):
+        if value not in PROXY_LOCATIONS:
+            errors.append(_err("proxy_location", "Input should be a valid proxy location", value, "enum"))
+        return
+    if isinstance(value, dict):
+        if set(value) == {"url"} and isinstance(value["url"], str):
+            scheme = urlsplit(value["url"]).scheme
+            if scheme in ("http", "https", "socks5") and urlsplit(value["url"]).hostname:
+                return
+        elif "country" in value and set(value) <= {"country", "subdivision", "city"}:
+            country = value["country"]
+            others_ok = all(isinstance(value.get(k), (str, type(None))) for k in ("subdivision", "city"))
+            if isinstance(country, str) and re.fullmatch(r"[A-Z]{2}", country) and others_ok:
+                return
+    errors.append(_err("proxy_location", "Input should be a valid proxy location", value))
+
+
+def is_private_host(url: str) -> bool:
+    """What cloud Skyvern refuses as a totp_url host: loopback, private, link-local, localhost."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified
+
+
+def _validate_common(body: dict[str, Any], errors: list) -> None:
+    for name in ("title", "totp_identifier", "browser_address", "browser_session_id", "browser_profile_id"):
+        _check_optional(body, name, str, errors)
+    for name in ("parameters",):
+        _check_optional(body, name, dict, errors)
+    for name in ("extra_http_headers", "cdp_connect_headers", "run_metadata"):
+        _check_str_map(body, name, errors)
+    for name in ("webhook_url", "totp_url"):
+        _check_url(body, name, errors)
+    _check_proxy(body.get("proxy_location"), errors)
+    _check_optional(body, "ai_fallback", bool, errors)
+    for name in ("max_screenshot_scrolls", "max_elapsed_time_minutes"):
+        _check_optional(body, name, int, errors)
+    scrolls = body.get("max_screenshot_scrolls")
+    if isinstance(scrolls, int) and scrolls < 0:
+        errors.append(_err("max_screenshot_scrolls", "Input should be greater than or equal to 0", scrolls))
+    minutes = body.get("max_elapsed_time_minutes")
+    if isinstance(minutes, int) and not isinstance(minutes, bool) and not 1 <= minutes <= 240:
+        errors.append(_err("max_elapsed_time_minutes", "Input should be between 1 and 240", minutes))
+    if body.get("run_with") not in (None, "agent", "code"):
+        errors.append(_err("run_with", "Input should be 'agent' or 'code'", body.get("run_with"), "enum"))
+    for name, prefix in (("browser_session_id", "pbs_"), ("browser_profile_id", "bp_")):
+        value = body.get(name)
+        if isinstance(value, str) and not value.startswith(prefix):
+            errors.append(_err(name, f"Value should start with {prefix}", value))
+
+
+def validate_run_request(body: Any, kind: str, options: SimulatorOptions) -> dict[str, Any]:
+    """Refuse what Skyvern refuses (422 field errors, 400 blocked host); return the stored request."""
+    if not isinstance(body, dict):
+        raise RequestInvalid(422, [{"type": "model_attributes_type", "loc": ["body"],
+                                    "msg": "Input should be a valid dictionary or object", "input": body}])
+    errors: list[dict[str, Any]] = []
+    request = dict(body)
+    if kind == "agent":
+        agent_id = request.get("agent_id") or request.get("workflow_id")
+        if not isinstance(agent_id, str) or not agent_id:
+            errors.append(_err("workflow_id", "Field required", None, "missing"))
+        else:
+            request["agent_id"] = agent_id
+            request.pop("workflow_id", None)
+    else:
+        prompt = request.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            errors.append(_err("prompt", "Field required", None, "missing"))
+        _check_url(request, "url", errors)
+        if request.get("engine") not in (None, *TASK_ENGINES):
+            errors.append(_err("engine", "Input should be a valid engine", request.get("engine"), "enum"))
+        _check_str_map(request, "error_code_mapping", errors)
+    _validate_common(request, errors)
+    if errors:
+        raise RequestInvalid(422, errors)
+    totp_url = request.get("totp_url")
+    if options.block_private_totp_url and totp_url and is_private_host(totp_url):
+        raise RequestInvalid(400, "Invalid totp_url: blocked host.")
+    if kind == "agent" and options.known_agents is not None and request["agent_id"] not in options.known_agents:
+        raise RequestInvalid(404, f"Workflow not found. workflow_permanent_id={request['agent_id']}")
+    return request
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimSecret:
+    """A TOTP secret the simulated login page checks codes against."""
+
+    secret: str
+    digits: int = 6
+    period: int = 30
+    algorithm: str = "SHA1"
+    agent_id: str | None = None
+    totp_identifier: str | None = None
+    totp_url_param: str | None = None  # agent block reads its TOTP URL from parameters[...]
+    totp_identifier_param: str | None = None  # likewise for the identifier
+
+    def __post_init__(self) -> None:
+        cleaned = self.secret.replace(" ", "").upper()
+        try:
+            base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+        except (binascii.Error, ValueError):
+            raise ValueError("secret is not valid base32") from None
+        if self.algorithm.upper() not in _DIGESTS or self.digits not in (6, 7, 8) or self.period <= 0:
+            raise ValueError("unsupported TOTP parameters")
+        object.__setattr__(self, "secret", cleaned)
+        object.__setattr__(self, "algorithm", self.algorithm.upper())
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"SimSecret(agent_id={self.agent_id!r}, totp_identifier={self.totp_identifier!r})"
+
+    def totp(self) -> pyotp.TOTP:
+        return pyotp.TOTP(self.secret, digits=self.digits, digest=_DIGESTS[self.algorithm], interval=self.period)
+
+    def describe(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("secret")
+        return data
+
+
+@dataclass
+class PushedCode:
+    totp_code_id: str
+    totp_identifier: str
+    content: str
+    code: str
+    created_at: datetime
+    expired_at: datetime | None = None
+    workflow_run_id: str | None = None
+    task_id: str | None = None
+    workflow_id: str | None = None
+    source: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "totp_code_id": self.totp_code_id, "totp_identifier": self.totp_identifier,
+            "content": self.content, "code": self.code, "workflow_run_id": self.workflow_run_id,
+            "workflow_id": self.workflow_id, "task_id": self.task_id, "source": self.source,
+            "expired_at": iso(self.expired_at), "created_at": iso(self.created_at),
+            "modified_at": iso(self.created_at), "organization_id": "o_simulated",
+        }
+
+
+@dataclass
+class SimRun:
+    run_id: str
+    run_type: str  # "workflow_run" | "task_v2"
+    api_key: str  # the org key the run was started with: it signs the totp_url polls
+    request: dict[str, Any]
+    max_steps: int | None
+    created_at: datetime = field(default_factory=_now)
+    status: str = "created"
+    modified_at: datetime = field(default_factory=_now)
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    output: dict[str, Any] | None = None
+    failure_reason: str | None = None
+    totp_answers: list[str] = field(default_factory=list)  # what totp_url answered, in order
+    code_source: str | None = None  # "totp_url" | "pushed"
+
+    def __repr__(self) -> str:
+        return f"SimRun({self.run_id!r}, status={self.status!r})"
+
+    @property
+    def agent_id(self) -> str | None:
+        return self.request.get("agent_id") if self.run_type == "workflow_run" else None
+
+    def to_response(self, app_url: str) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "run_type": self.run_type, "status": self.status,
+            "output": self.output, "downloaded_files": [], "recording_url": None, "screenshot_urls": [],
+            "failure_reason": self.failure_reason, "created_at": iso(self.created_at),
+            "modified_at": iso(self.modified_at), "queued_at": iso(self.queued_at),
+            "started_at": iso(self.started_at), "finished_at": iso(self.finished_at),
+            "app_url": f"{app_url}/runs/{self.run_id}",
+            "browser_session_id": self.request.get("browser_session_id"),
+            "browser_profile_id": self.request.get("browser_profile_id"),
+            "run_with": self.request.get("run_with") or "agent", "ai_fallback": self.request.get("ai_fallback"),
+            "script_run": None, "errors": [], "step_count": 1 if self.started_at else 0,
+            "run_request": self.request,
+        }
+
+
+# -- state -----------------------------------------------------------------------------------
+
+
+class SimulatorState:
+    """Everything the simulator holds; safe to read and control from the test thread."""
+
+    def __init__(self, api_keys: list[str], options: SimulatorOptions | None = None):
+        if not api_keys or not all(api_keys):
+            raise ValueError("the simulator needs at least one non-empty API key")
+        self.api_keys = list(api_keys)
+        self.options = options or SimulatorOptions()
+        self.lock = threading.RLock()
+        self.runs: dict[str, SimRun] = {}
+        self.codes: list[PushedCode] = []
+        self.secrets: list[SimSecret] = []
+        self.faults: list[dict[str, Any]] = []
+        self.recorded: list[dict[str, Any]] = []
+        self.polls: list[dict[str, Any]] = []
+        self.used_codes: set[tuple[str, int, str]] = set()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def __repr__(self) -> str:
+        return f"SimulatorState(runs={len(self.runs)}, codes={len(self.codes)})"
+
+    # control (also exposed under /_sim) --------------------------------------------------
+    def add_secret(self, secret: str, **spec: Any) -> SimSecret:
+        entry = SimSecret(secret=secret, **spec)
+        with self.lock:
+            self.secrets.append(entry)
+        return entry
+
+    def add_fault(
+        self, path_prefix: str, status: int | None = None, count: int = 1, *, retry_after: float | None = None,
+        delay: float = 0.0, method: str | None = None, after: bool = False,
+    ) -> None:
+        """Make the next `count` matching requests fail (`after`: fail once the work is done)."""
+        fault = {"path_prefix": path_prefix, "status": status, "count": count, "retry_after": retry_after,
+                 "delay": delay, "method": method.upper() if method else None, "after": after}
+        with self.lock:
+            self.faults.append(fault)
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def take_fault(self, method: str, path: str) -> dict[str, Any] | None:
+        with self.lock:
+            for fault in self.faults:
+                if path.startswith(fault["path_prefix"]) and fault["method"] in (None, method):
+                    if fault["count"] == 0:
+                        continue
+                    if fault["count"] > 0:
+                        fault["count"] -= 1
+                    return dict(fault)
+        return None
+
+    def record(self, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.recorded.append(entry)
+
+    def requests(self, path_prefix: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
+        """Requests received on /v1/..., oldest first (raw body, parsed JSON, lower-case headers)."""
+        with self.lock:
+            return [
+                dict(r) for r in self.recorded
+                if (path_prefix is None or r["path"].startswith(path_prefix))
+                and (method is None or r["method"] == method.upper())
+            ]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """A run as the API shows it, plus the simulator's notes (totp answers, code source)."""
+        with self.lock:
+            sim_run = self.runs[run_id]
+            data = sim_run.to_response(self.options.app_url)
+            data["totp_answers"] = list(sim_run.totp_answers)
+            data["code_source"] = sim_run.code_source
+            data["max_steps"] = sim_run.max_steps
+            return data
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        with self.lock:
+            ids = list(self.runs)
+        return [self.run(run_id) for run_id in ids]
+
+    def pushed_codes(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [c.to_json() for c in self.codes]
+
+    def totp_polls(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(p) for p in self.polls]
+
+    def wait_for_run(self, run_id: str, statuses: frozenset[str] | set[str] = FINAL_STATUSES,
+                     timeout: float = 30.0) -> dict[str, Any]:
+        """Block the calling (test) thread until the run reaches one of `statuses`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                sim_run = self.runs.get(run_id)
+                if sim_run is not None and sim_run.status in statuses:
+                    return self.run(run_id)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} did not reach {sorted(statuses)} in {timeout}s")
+            time.sleep(0.02)
+
+    # runs ---------------------------------------------------------------------------------
+    def create_run(self, kind: str, request: dict[str, Any], api_key: str, max_steps: int | None) -> SimRun:
+        prefix, run_type = ("wr_", "workflow_run") if kind == "agent" else ("tsk_v2_", "task_v2")
+        sim_run = SimRun(f"{prefix}{_secrets.token_hex(8)}", run_type, api_key, request, max_steps)
+        with self.lock:
+            self.runs[sim_run.run_id] = sim_run
+        return sim_run
+
+    def set_status(self, sim_run: SimRun, status: str, **changes: Any) -> None:
+        with self.lock:
+            if sim_run.status in FINAL_STATUSES:
+                return
+            now = _now()
+            sim_run.status = status
+            sim_run.modified_at = now
+            if status == "queued":
+                sim_run.queued_at = now
+            elif status == "running":
+                sim_run.started_at = now
+            elif status in FINAL_STATUSES:
+                sim_run.finished_at = now
+            for name, value in changes.items():
+                setattr(sim_run, name, value)
+
+    def cancel(self, run_id: str) -> None:
+        with self.lock:
+            sim_run = self.runs[run_id]
+            task = self.tasks.pop(run_id, None)
+        self.set_status(sim_run, "canceled", failure_reason="Run was canceled")
+        if task is not None:
+            task.cancel()
+
+    def add_code(self, code: PushedCode) -> None:
+        with self.lock:
+            self.codes.append(code)
+
+    def secret_for(self, sim_run: SimRun) -> SimSecret | None:
+        """Agent-specific secret first, then by identifier, then a catch-all (neither set)."""
+        with self.lock:
+            candidates = list(reversed(self.secrets))
+        if sim_run.agent_id:
+            for entry in candidates:
+                if entry.agent_id == sim_run.agent_id:
+                    return entry
+        _, identifier = self.code_sources(sim_run, None)
+        if identifier:
+            wanted = normalize_identifier(identifier)
+            for entry in candidates:
+                if entry.totp_identifier and normalize_identifier(entry.totp_identifier) == wanted:
+                    return entry
+        return next((e for e in candidates if not e.agent_id and not e.totp_identifier), None)
+
+    @staticmethod
+    def code_sources(sim_run: SimRun, secret: SimSecret | None) -> tuple[str | None, str | None]:
+        """(totp_url, totp_identifier) the login block uses: a block parameter wins over the run field."""
+        url, identifier = sim_run.request.get("totp_url"), sim_run.request.get("totp_identifier")
+        params = sim_run.request.get("parameters") or {}
+        if secret is not None and secret.totp_url_param and isinstance(params.get(secret.totp_url_param), str):
+            url = params[secret.totp_url_param] or url
+        if secret is not None and secret.totp_identifier_param and isinstance(
+            params.get(secret.totp_identifier_param), str
+        ):
+            identifier = params[secret.totp_identifier_param] or identifier
+        return url, identifier
+
+    def newest_pushed_code(self, sim_run: SimRun, identifier: str) -> str | None:
+        """Skyvern's pick: same identifier, created at/after started_at, unexpired, in scope, newest."""
+        wanted, now = normalize_identifier(identifier), _now()
+        own_field = "workflow_run_id" if sim_run.run_type == "workflow_run" else "task_id"
+        other_field = "task_id" if own_field == "workflow_run_id" else "workflow_run_id"
+        with self.lock:
+            usable = [
+                c for c in self.codes
+                if normalize_identifier(c.totp_identifier) == wanted
+                and sim_run.started_at is not None and c.created_at >= sim_run.started_at
+                and (c.expired_at is None or c.expired_at > now)
+                and getattr(c, own_field) in (None, sim_run.run_id) and getattr(c, other_field) is None
+                and c.code
+            ]
+        return max(usable, key=lambda c: c.created_at).code if usable else None
+
+    def check_typed_code(self, secret: SimSecret, code: str) -> str | None:
+        """The login page: None if accepted, else why not. Current window only, no replays."""
+        totp = secret.totp()
+        now = time.time()
+        if code != totp.at(now):
+            return "the TOTP code was wrong or expired when it was typed"
+        window = int(now // secret.period)
+        key = (secret.secret, window, code)
+        with self.lock:
+            if self.options.reject_replayed_codes and key in self.used_codes:
+                return "the TOTP code had already been used in this window (replay refused)"
+            self.used_codes.add(key)
+        return None
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+def poll_body(sim_run: SimRun) -> bytes:
+    """Only the ids known for the run, in Skyvern's order: task_id, workflow_run_id, workflow_permanent_id."""
+    if sim_run.run_type == "workflow_run":
+        payload = {"workflow_run_id": sim_run.run_id, "workflow_permanent_id": sim_run.agent_id}
+    else:
+        payload = {"task_id": sim_run.run_id}
+    return compact_json(payload)
+
+
+class _PollContractError(Exception):
+    """totp_url answered something Skyvern cannot handle (it would crash or report it)."""
+
+
+async def _poll_url(state: SimulatorState, sim_run: SimRun, client: httpx.AsyncClient, url: str) -> str | None:
+    body = poll_body(sim_run)
+    headers = {
+        "content-type": "application/json",
+        TIMESTAMP_HEADER: str(int(time.time())),
+        SIGNATURE_HEADER: sign(body, sim_run.api_key),
+    }
+    options = state.options
+    for attempt in range(options.totp_retries + 1):
+        try:
+            response = await client.post(url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            answer = "timeout"
+        except httpx.TransportError:
+            answer = "connection error"
+        else:
+            answer = str(response.status_code)
+            with state.lock:
+                state.polls.append({"run_id": sim_run.run_id, "url": url, "body": body.decode(),
+                                    "headers": dict(headers), "status": response.status_code})
+            break
+        with state.lock:
+            state.polls.append({"run_id": sim_run.run_id, "url": url, "body": body.decode(),
+                                "headers": dict(headers), "status": answer})
+        if attempt < options.totp_retries:
+            await asyncio.sleep(options.totp_retry_delay)
+    else:
+        sim_run.totp_answers.append(answer)
+        return None
+    if response.status_code != 200:
+        sim_run.totp_answers.append(answer)
+        return None
+    try:
+        payload = json.loads(response.content)
+    except ValueError:
+        raise _PollContractError("totp_url answered 200 with a body that is not JSON") from None
+    if not isinstance(payload, dict):
+        raise _PollContractError("totp_url answered 200 with JSON that is not an object")
+    code = payload.get("verification_code")
+    if code is not None and not isinstance(code, str):
+        raise _PollContractError("totp_url answered a verification_code that is not a string")
+    if not code:
+        sim_run.totp_answers.append("200 (no code yet)")
+        return None
+    if len(code) > 10:
+        raise _PollContractError("totp_url answered a verification_code longer than 10 characters")
+    sim_run.totp_answers.append("200 (code)")
+    return code
+
+
+def _answers_summary(answers: list[str]) -> str:
+    if not answers:
+        return "none"
+    counts = Counter(answers)
+    return ", ".join(f"{answer} x{n}" for answer, n in counts.items())
+
+
+async def _wait_for_code(
+    state: SimulatorState, sim_run: SimRun, url: str | None, identifier: str | None
+) -> tuple[str, str] | None:
+    options = state.options
+    deadline = time.monotonic() + options.code_wait_timeout
+    await asyncio.sleep(options.first_poll_delay)
+    async with httpx.AsyncClient(timeout=options.totp_request_timeout, trust_env=False) as client:
+        while time.monotonic() <= deadline:
+            if url:
+                code = await _poll_url(state, sim_run, client, url)
+                if code:
+                    return code, "totp_url"
+            if identifier:
+                code = state.newest_pushed_code(sim_run, identifier)
+                if code:
+                    return code, "pushed"
+            await asyncio.sleep(options.poll_interval)
+    return None
+
+
+async def run_lifecycle(state: SimulatorState, sim_run: SimRun) -> None:
+    """created -> queued -> running -> wait for a code -> type it -> completed/failed/timed_out."""
+    options = state.options
+    try:
+        state.set_status(sim_run, "queued")
+        await asyncio.sleep(options.queue_delay)
+        state.set_status(sim_run, "running")
+        secret = state.secret_for(sim_run)
+        url, identifier = state.code_sources(sim_run, secret)
+        if secret is None:
+            if url or identifier:
+                state.set_status(sim_run, "failed", failure_reason=(
+                    "Simulator has no TOTP secret for this run (register one with POST /_sim/secrets)"))
+            else:
+                state.set_status(sim_run, "completed", output={"logged_in": True, "totp_used": False})
+            return
+        if not url and not identifier:
+            state.set_status(sim_run, "failed", failure_reason=(
+                "The login asked for a TOTP code but the run has no totp_url and no totp_identifier"))
+            return
+        try:
+            found = await _wait_for_code(state, sim_run, url, identifier)
+        except _PollContractError as exc:
+            state.set_status(sim_run, "failed", failure_reason=f"Failed to get TOTP code: {exc}")
+            return
+        if found is None:
+            state.set_status(sim_run, "timed_out", failure_reason=(
+                f"Failed to get TOTP verification code within {options.code_wait_timeout:g}s. "
+                f"totp_url answers: {_answers_summary(sim_run.totp_answers)}"))
+            return
+        code, source = found
+        with state.lock:
+            sim_run.code_source = source
+        await asyncio.sleep(options.typing_delay)
+        refusal = state.check_typed_code(secret, code)
+        if refusal:
+            state.set_status(sim_run, "failed", failure_reason=f"Login failed: {refusal}")
+        else:
+            state.set_status(sim_run, "completed", output={"logged_in": True, "totp_used": True,
+                                                           "code_source": source})
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a simulator bug must show up as a failed run, not a hang
+        state.set_status(sim_run, "failed", failure_reason=f"Simulator error: {type(exc).__name__}")
+    finally:
+        with state.lock:
+            state.tasks.pop(sim_run.run_id, None)
