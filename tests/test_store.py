@@ -1,0 +1,224 @@
+"""The encrypted store: AAD binding, wrong keys, modes, rotation, concurrency, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from totp_service import bootstrap, crypto, otp, store
+from totp_service.config import load_settings
+
+B32 = "JBSWY3DPEHPK3PXP"
+
+
+def _settings(data_dir: Path, **env: str):
+    return load_settings(environ={"TOTP_SERVICE_DATA_DIR": str(data_dir), **env})
+
+
+def _spec(b32: str = B32) -> otp.TotpSpec:
+    return otp.spec_from_base32(b32)
+
+
+def _snapshot(data_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(data_dir.iterdir())}
+
+
+@pytest.fixture
+def opened(tmp_path: Path):
+    settings = _settings(tmp_path / "d")
+    bootstrap.init_store(settings)
+    with bootstrap.open_store(settings) as s:
+        yield settings, s
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "d")
+    bootstrap.init_store(settings)
+    assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(settings.key_file_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(settings.database_path.stat().st_mode) == 0o600
+
+
+def test_only_ciphertext_is_stored(opened) -> None:
+    settings, s = opened
+    s.put_secret("alice@example.com", _spec())
+    raw = settings.database_path.read_bytes() + Path(str(settings.database_path) + "-wal").read_bytes()
+    assert otp.decode_base32(B32) not in raw
+    assert B32.encode() not in raw
+
+
+def test_identifier_normalised_like_skyvern(opened) -> None:
+    _, s = opened
+    s.put_secret("  Alice@Example.COM ", _spec())
+    assert s.has_secret("alice@example.com")
+    assert s.get_meta("ALICE@example.com").identifier == "alice@example.com"
+    s.put_secret("+1 555 0100", _spec())
+    assert s.has_secret("+1 555 0100") and not s.has_secret("+15550100")
+
+
+def test_row_copied_under_another_identifier_fails_to_open(opened) -> None:
+    _, s = opened
+    s.put_secret("alice", _spec())
+    s.put_secret("mallory", _spec("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"))
+    conn = sqlite3.connect(s.path)
+    conn.execute("UPDATE secrets SET sealed = (SELECT sealed FROM secrets WHERE identifier='alice') "
+                 "WHERE identifier='mallory'")
+    conn.commit()
+    conn.close()
+    assert s.get_spec("alice").secret == otp.decode_base32(B32)
+    with pytest.raises(crypto.DecryptionFailed, match="mallory"):
+        s.get_spec("mallory")
+
+
+def test_metadata_columns_cannot_change_codes(opened) -> None:
+    _, s = opened
+    s.put_secret("alice", _spec())
+    conn = sqlite3.connect(s.path)
+    conn.execute("UPDATE secrets SET digits = 8, algorithm = 'SHA512' WHERE identifier='alice'")
+    conn.commit()
+    conn.close()
+    spec = s.get_spec("alice")
+    assert (spec.digits, spec.algorithm) == (6, "SHA1")
+
+
+def test_wrong_master_key_refused_and_store_unchanged(tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "d")
+    bootstrap.init_store(settings)
+    with bootstrap.open_store(settings) as s:
+        s.put_secret("alice", _spec())
+    before = _snapshot(settings.data_dir)
+    wrong = _settings(tmp_path / "d", TOTP_SERVICE_MASTER_KEY=crypto.MasterKey.generate().to_base64())
+    with pytest.raises(crypto.WrongMasterKey, match="the master key does not open this store"):
+        bootstrap.open_store(wrong)
+    assert _snapshot(settings.data_dir) == before
+
+
+def test_passphrase_store_and_wrong_passphrase(tmp_path: Path) -> None:
+    good = _settings(tmp_path / "d", TOTP_SERVICE_PASSPHRASE="correct horse battery staple")
+    result = bootstrap.init_store(good)
+    assert result.created_store and not result.created_key_file
+    assert not good.key_file_path.exists()
+    with bootstrap.open_store(good) as s:
+        s.put_secret("alice", _spec())
+    before = _snapshot(good.data_dir)
+    bad = _settings(tmp_path / "d", TOTP_SERVICE_PASSPHRASE="wrong horse")
+    with pytest.raises(crypto.WrongMasterKey):
+        bootstrap.open_store(bad)
+    assert _snapshot(good.data_dir) == before
+    with bootstrap.open_store(good) as s:
+        assert s.get_spec("alice").secret == otp.decode_base32(B32)
+
+
+def test_init_twice_changes_nothing(tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "d")
+    assert bootstrap.init_store(settings).created_store
+    before = _snapshot(settings.data_dir)
+    again = bootstrap.init_store(settings)
+    assert not again.created_store and not again.created_key_file
+    assert _snapshot(settings.data_dir) == before
+
+
+def test_rotation_reencrypts_everything_and_old_key_opens_nothing(opened, tmp_path: Path) -> None:
+    settings, s = opened
+    old_key = crypto.load_key_file(settings.key_file_path)
+    s.put_many([(f"user{i}", _spec()) for i in range(5)])
+    new_key = crypto.MasterKey.generate()
+    assert s.rotate_key(new_key) == 5
+    assert s.get_spec("user3").secret == otp.decode_base32(B32)
+    assert {m.key_id for m in s.list_meta()} == {new_key.key_id}
+    with pytest.raises(crypto.WrongMasterKey):
+        store.Store(settings.database_path, old_key)
+    conn = sqlite3.connect(settings.database_path)
+    sealed = conn.execute("SELECT sealed FROM secrets WHERE identifier='user1'").fetchone()[0]
+    conn.close()
+    with pytest.raises(crypto.DecryptionFailed):
+        crypto.open_sealed(old_key, sealed, b"user1")
+    with store.Store(settings.database_path, new_key) as reopened:
+        assert reopened.count_secrets() == 5
+
+
+def test_put_many_is_all_or_nothing(opened) -> None:
+    _, s = opened
+    s.put_secret("taken", _spec())
+    with pytest.raises(store.SecretExists):
+        s.put_many([("new1", _spec()), ("taken", _spec())])
+    assert not s.has_secret("new1")
+    with pytest.raises(store.SecretExists):
+        s.put_secret("taken", _spec())
+    s.put_secret("taken", _spec("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"), replace=True)
+    assert s.get_spec("taken").secret == otp.decode_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ")
+
+
+def test_allow_list_and_bindings(opened) -> None:
+    _, s = opened
+    meta = s.put_secret("alice", _spec(), allowed_agents=["wpid_b", "wpid_a"])
+    assert meta.allowed_agents == ["wpid_a", "wpid_b"]
+    with pytest.raises(store.InvalidIdentifier):
+        s.put_secret("bob", _spec(), allowed_agents=["w_123"])
+    s.put_binding("run", "wr_1", "Alice@Example.com")
+    assert s.find_binding("run", "wr_1").identifier == "alice@example.com"
+    s.put_binding("agent", "wpid_x", "alice", expires_at=1.0)
+    assert s.find_binding("agent", "wpid_x") is None
+    assert s.remove_binding("run", "wr_1") and s.find_binding("run", "wr_1") is None
+
+
+def test_single_use_claims_and_audit(opened) -> None:
+    _, s = opened
+    entry = store.AuditEntry(outcome="served", identifier="alice", workflow_run_id="wr_1", client="127.0.0.1")
+    assert s.write_audit([entry], [("alice", 100)]) == [True]
+    assert s.write_audit([entry], [("alice", 100), ("alice", 101)]) == [False, True]
+    rows = s.read_audit(identifier="alice")
+    assert len(rows) == 2 and rows[0].workflow_run_id == "wr_1"
+
+
+def test_concurrent_writer_and_readers(tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "d")
+    bootstrap.init_store(settings)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with bootstrap.open_store(settings) as s:
+                for i in range(100):
+                    s.put_secret(f"w{i}", _spec())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            with bootstrap.open_store(settings) as s:
+                for _ in range(100):
+                    for meta in s.list_meta()[:5]:
+                        s.get_spec(meta.identifier)
+                    s.write_audit([store.AuditEntry(outcome="served", identifier="w0")])
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with bootstrap.open_store(settings) as s:
+        assert s.count_secrets() == 100
+        assert len(s.read_audit(limit=1000)) == 300
+
+
+def test_newer_schema_is_refused(opened) -> None:
+    settings, s = opened
+    conn = sqlite3.connect(settings.database_path)
+    conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (b"99",))
+    conn.commit()
+    conn.close()
+    with pytest.raises(store.SchemaTooNew):
+        bootstrap.open_store(settings)
+
+
+def test_repr_of_keys_hides_them() -> None:
+    key = crypto.MasterKey.generate()
+    assert key.to_base64() not in repr(key) and repr(key.key) not in repr(key)
