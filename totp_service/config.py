@@ -49,6 +49,7 @@ class ServerSettings:
     tls_key: str | None = None
     max_body_bytes: int = 65536
     allow_unsigned: bool = False
+    max_timestamp_skew_seconds: float | None = None
     workers: int = 1
     access_log: bool = True
 
