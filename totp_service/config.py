@@ -84,7 +84,7 @@ class CodeSettings:
 
 @dataclass
 class AdminToken:
-    token: str = field(repr=False)
+    token: str = field(default="", repr=False)
     role: str = "admin"
 
 
@@ -249,7 +249,12 @@ def load_settings(
     for key, value in (overrides or {}).items():
         if value is not None:
             setattr(settings, key, value)
-    _validate(settings)
+    try:
+        _validate(settings)
+    except ConfigError as exc:
+        if settings.source == "defaults":
+            raise
+        raise ConfigError(f"{settings.source}: {exc}") from None
     return settings
 
 
