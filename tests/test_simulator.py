@@ -13,7 +13,7 @@ import pyotp
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from totp_service.servers import running_server
@@ -230,3 +230,30 @@ def test_cancel_and_control_endpoints(sim: tuple[str, SimulatorState]) -> None:
     recorded = httpx.get(f"{base}/_sim/requests", params={"path_prefix": "/v1/run/agents"}).json()
     assert len(recorded) == 1 and recorded[0]["json"] == {"agent_id": "wpid_login", "totp_identifier": "bob"}
     assert httpx.get(f"{base}/_sim/runs/{run['run_id']}").json()["status"] == "canceled"
+
+
+def test_pull_non_json_keeps_polling_and_is_reported(sim: tuple[str, SimulatorState]) -> None:
+    base, state = sim
+    state.add_secret(SECRET, agent_id="wpid_login")
+
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("code 123456")
+
+    with running_server(Starlette(routes=[Route("/totp", plain, methods=["POST"])])) as totp_base:
+        final = state.wait_for_run(start_agent(base, totp_url=f"{totp_base}/totp")["run_id"], timeout=10)
+    assert final["status"] == "timed_out" and "200 (not JSON)" in final["failure_reason"]
+
+
+@pytest.mark.parametrize("url_then_pushed", [False, True])
+def test_both_sources(url_then_pushed: bool) -> None:
+    app = create_simulator_app([API_KEY], **{**FAST, "code_wait_timeout": 1.5, "url_then_pushed": url_then_pushed})
+    state: SimulatorState = app.state.simulator
+    state.add_secret(SECRET, agent_id="wpid_login")
+    endpoint, _ = totp_endpoint([(200, {"verification_code": ""})] * 100)
+    with running_server(app) as base, running_server(endpoint) as totp_base:
+        run = start_agent(base, totp_url=f"{totp_base}/totp", totp_identifier="carol")
+        state.wait_for_run(run["run_id"], {"running"})
+        httpx.post(f"{base}/v1/credentials/totp", headers=headers(),
+                   json={"totp_identifier": "carol", "content": fresh_code()}).raise_for_status()
+        final = state.wait_for_run(run["run_id"])
+    assert final["status"] == ("completed" if url_then_pushed else "timed_out"), final["failure_reason"]

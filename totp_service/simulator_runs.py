@@ -52,8 +52,9 @@ class SimulatorOptions:
     typing_delay: float = 1.0  # code received -> code typed (an LLM step sits in between)
     code_wait_timeout: float = 60.0  # Skyvern: 15 min
     totp_request_timeout: float = 5.0  # Skyvern: 30 s per totp_url request
-    totp_retry_delay: float = 0.2  # Skyvern: failed request retried up to 3 times, 5 s apart
-    totp_retries: int = 3
+    totp_retry_delay: float = 0.2  # Skyvern: 5 s between attempts of one failed request
+    totp_attempts: int = 3  # Skyvern: 3 attempts per poll on connection errors/timeouts
+    url_then_pushed: bool = False  # Skyvern's code: with both set, only totp_url is asked (see note)
     block_private_totp_url: bool = False  # True = behave like cloud Skyvern (400 blocked host)
     reject_replayed_codes: bool = True  # the "site" refuses a code already used in its window
     known_agents: tuple[str, ...] | None = None  # None = every wpid_ exists
@@ -258,8 +259,8 @@ class SimSecret:
 class PushedCode:
     totp_code_id: str
     totp_identifier: str
-    content: str
-    code: str
+    content: str = field(repr=False)
+    code: str = field(repr=False)
     created_at: datetime
     expired_at: datetime | None = None
     workflow_run_id: str | None = None
@@ -536,6 +537,7 @@ class _PollContractError(Exception):
 
 
 async def _poll_url(state: SimulatorState, sim_run: SimRun, client: httpx.AsyncClient, url: str) -> str | None:
+    """One poll as Skyvern makes it; what the endpoint answered goes to ``sim_run.totp_answers``."""
     body = poll_body(sim_run)
     headers = {
         "content-type": "application/json",
@@ -543,44 +545,43 @@ async def _poll_url(state: SimulatorState, sim_run: SimRun, client: httpx.AsyncC
         SIGNATURE_HEADER: sign(body, sim_run.api_key),
     }
     options = state.options
-    for attempt in range(options.totp_retries + 1):
+    response: httpx.Response | None = None
+    for attempt in range(max(1, options.totp_attempts)):
         try:
             response = await client.post(url, content=body, headers=headers)
+            answer: str = str(response.status_code)
         except httpx.TimeoutException:
             answer = "timeout"
         except httpx.TransportError:
             answer = "connection error"
-        else:
-            answer = str(response.status_code)
-            with state.lock:
-                state.polls.append({"run_id": sim_run.run_id, "url": url, "body": body.decode(),
-                                    "headers": dict(headers), "status": response.status_code})
-            break
         with state.lock:
             state.polls.append({"run_id": sim_run.run_id, "url": url, "body": body.decode(),
                                 "headers": dict(headers), "status": answer})
-        if attempt < options.totp_retries:
+        if response is not None:
+            break
+        if attempt < options.totp_attempts - 1:
             await asyncio.sleep(options.totp_retry_delay)
-    else:
-        sim_run.totp_answers.append(answer)
-        return None
-    if response.status_code != 200:
+    if response is None or response.status_code != 200:
         sim_run.totp_answers.append(answer)
         return None
     try:
         payload = json.loads(response.content)
-    except ValueError:
-        raise _PollContractError("totp_url answered 200 with a body that is not JSON") from None
+    except ValueError:  # Skyvern: a contract error, reported in failure_reason at timeout
+        sim_run.totp_answers.append("200 (not JSON)")
+        return None
     if not isinstance(payload, dict):
-        raise _PollContractError("totp_url answered 200 with JSON that is not an object")
+        sim_run.totp_answers.append("200 (JSON not an object)")
+        return None
     code = payload.get("verification_code")
-    if code is not None and not isinstance(code, str):
+    if code is not None and not isinstance(code, str):  # Skyvern's OTPValue(value=...) raises, uncaught
         raise _PollContractError("totp_url answered a verification_code that is not a string")
     if not code:
         sim_run.totp_answers.append("200 (no code yet)")
         return None
-    if len(code) > 10:
-        raise _PollContractError("totp_url answered a verification_code longer than 10 characters")
+    if len(code) > 10:  # Skyvern hands it to an LLM; the simulator takes the first 4-10 digit run
+        sim_run.totp_answers.append("200 (long text: LLM parse)")
+        match = re.search(r"(?<!\d)\d{4,10}(?!\d)", code)
+        return match.group(0) if match else None
     sim_run.totp_answers.append("200 (code)")
     return code
 
@@ -604,7 +605,7 @@ async def _wait_for_code(
                 code = await _poll_url(state, sim_run, client, url)
                 if code:
                     return code, "totp_url"
-            if identifier:
+            if identifier and (not url or options.url_then_pushed):
                 code = state.newest_pushed_code(sim_run, identifier)
                 if code:
                     return code, "pushed"
