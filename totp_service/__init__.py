@@ -1,3 +1,61 @@
-"""totp-service: self-hosted TOTP codes for Skyvern agent runs."""
+"""totp-service: self-hosted TOTP codes for Skyvern agent runs.
+
+The launcher's Python API, for programs that start or follow Skyvern runs themselves::
+
+    from totp_service import load_settings, launch_agent, attach_pusher, totp_url
+
+    settings = load_settings()                       # YAML + environment, as the CLI reads them
+    outcome = launch_agent(settings, "wpid_123", "alice@example.com", mode="push",
+                           request={"parameters": {"plan": "pro"}}, totp_param="totp_identifier")
+    outcome.status, outcome.exit_code, outcome.run     # "completed", 0, Skyvern's run JSON
+
+- `launch_agent(settings, agent_id, identifier, *, mode, request, totp_param, max_steps, wait,
+  on_event, stop)` / `launch_task(settings, prompt, identifier, *, url, ...)`: start a run and follow
+  it to its end (pushing codes in push mode). Ctrl-C cancels the run and is re-raised;
+  `stop.set()` (a `threading.Event`) cancels it and returns with `outcome.interrupted`.
+- `attach_pusher(settings, run_id, identifier, ...)`: push codes to a run another client started.
+- `totp_url(settings, identifier)`: the URL to give Skyvern as `totp_url`.
+- `follow_run(client, run, ...)`, `RunOutcome`, `LaunchEvent`, `EXIT_CODES`, and the errors
+  `LaunchError` (base), `RequestError` (found before sending), `SkyvernError`.
+
+Names are imported lazily so `import totp_service` stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "launch_agent": "totp_service.launcher",
+    "launch_task": "totp_service.launcher",
+    "attach_pusher": "totp_service.launcher",
+    "follow_run": "totp_service.launcher",
+    "totp_url": "totp_service.launcher",
+    "RunOutcome": "totp_service.launcher",
+    "LaunchEvent": "totp_service.launcher",
+    "EXIT_CODES": "totp_service.launcher",
+    "LaunchError": "totp_service.run_request",
+    "RequestError": "totp_service.run_request",
+    "SkyvernClient": "totp_service.skyvern",
+    "SkyvernError": "totp_service.skyvern",
+    "load_settings": "totp_service.config",
+    "Settings": "totp_service.config",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'totp_service' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
