@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,3 +210,22 @@ def test_live_status_line_on_a_tty() -> None:
     text = stream.getvalue()
     assert text.startswith("\r\x1b[2Kwr_1  running     12s  codes pushed: 2")
     assert "totp-service: push failed, will retry\n" in text and text.endswith("\n")
+
+
+def test_interrupt_while_the_run_is_being_created_still_cancels_it(tmp_path: Path) -> None:
+    with simulator(queue_delay=60) as sim:
+        sim.state.add_secret(SECRET, period=PERIOD, agent_id=AGENT)
+        sim.state.add_fault("/v1/run/agents", None, 1, delay=1.5)  # a slow start request
+        env = make_env(tmp_path, sim)
+        proc = cli_process(env, "launch", AGENT, "--identifier", IDENTIFIER, "--mode", "push")
+        try:
+            wait_until(lambda: sim.requests("/v1/run/agents"), timeout=20, what="the start request")
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, err
+        runs = sim.state.list_runs()
+        assert len(runs) == 1 and runs[0]["status"] == "canceled"
+    assert "as soon as the run id is known" in err

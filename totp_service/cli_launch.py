@@ -10,7 +10,6 @@ import argparse
 import json
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -95,31 +94,61 @@ def _print_outcome(outcome: launcher.RunOutcome, as_json: bool) -> None:
         print(f"  output: {json.dumps(run['output'], ensure_ascii=False)}")
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C: the run is canceled and the command exits 130."""
+class _Interrupts:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt (the follower then cancels the run, exit 130).
 
-    def handler(signum: int, frame: Any) -> None:
+    While a run is being created the first one is held back until the follower runs: an interrupt
+    in the middle of the start request would lose the new run's id, leaving a run nobody can
+    cancel. A second interrupt is not held back.
+    """
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending = False
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.holding and not self.pending:  # a second interrupt is not held back
+            self.pending = True
+            print("\ntotp-service: interrupt received; canceling as soon as the run id is known", file=sys.stderr)
+            return
         raise KeyboardInterrupt
 
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        """Called from inside the follower (or after the start): a held interrupt fires now."""
+        self.holding = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def _signals_as_interrupt(interrupts: _Interrupts) -> Iterator[None]:
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, interrupts.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread (embedded use): leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _guarded(run: Callable[[argparse.Namespace, Settings], int]) -> Callable[[argparse.Namespace, Settings], int]:
+Command = Callable[[argparse.Namespace, Settings, _Interrupts], int]
+
+
+def _guarded(run: Command) -> Callable[[argparse.Namespace, Settings], int]:
     """Map the launcher's errors and interruptions to one line and an exit code."""
 
     def handler(args: argparse.Namespace, settings: Settings) -> int:
+        interrupts = _Interrupts()
         try:
-            with _sigterm_as_interrupt():
-                return run(args, settings)
+            with _signals_as_interrupt(interrupts):
+                return run(args, settings, interrupts)
         except RequestError as exc:
             print(f"totp-service: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -191,38 +220,51 @@ def _finish(outcome: launcher.RunOutcome, printer: StatusPrinter, as_json: bool)
     return outcome.exit_code
 
 
-def _run_launch(args: argparse.Namespace, settings: Settings, kind: str) -> int:
+def _run_launch(args: argparse.Namespace, settings: Settings, kind: str, interrupts: _Interrupts) -> int:
     printer = StatusPrinter(sys.stderr)
+
+    def on_event(event: launcher.LaunchEvent) -> None:
+        printer(event)
+        if event.kind != "created":  # inside the follower, which cancels the run on an interrupt
+            interrupts.release()
+
+    interrupts.hold()
     try:
         if kind == "agent":
             outcome = launcher.launch_agent(
                 settings, args.agent_id, args.identifier, mode=args.mode, request=agent_request_from_args(args),
-                totp_param=args.totp_param, max_steps=args.max_steps, wait=not args.no_wait, on_event=printer)
+                totp_param=args.totp_param, max_steps=args.max_steps, wait=not args.no_wait, on_event=on_event)
         else:
             outcome = launcher.launch_task(
                 settings, args.prompt, args.identifier, url=args.url, mode=args.mode,
                 request=task_request_from_args(args), max_steps=args.max_steps, wait=not args.no_wait,
-                on_event=printer)
+                on_event=on_event)
     finally:
         printer.done()
     if args.no_wait:
+        if interrupts.pending:  # Ctrl-C while starting a run we will not follow: cancel it
+            with launcher.make_client(settings) as client:
+                client.cancel_run(outcome.run_id)
+            print(f"totp-service: run {outcome.run_id} canceled", file=sys.stderr)
+            return launcher.EXIT_INTERRUPTED
         if args.json:
             print(json.dumps(outcome.run, indent=2, ensure_ascii=False, sort_keys=True))
         else:
             print(outcome.run_id)
         return 0
+    interrupts.release()
     return _finish(outcome, printer, args.json)
 
 
-def cmd_launch(args: argparse.Namespace, settings: Settings) -> int:
-    return _run_launch(args, settings, "agent")
+def cmd_launch(args: argparse.Namespace, settings: Settings, interrupts: _Interrupts) -> int:
+    return _run_launch(args, settings, "agent", interrupts)
 
 
-def cmd_launch_task(args: argparse.Namespace, settings: Settings) -> int:
-    return _run_launch(args, settings, "task")
+def cmd_launch_task(args: argparse.Namespace, settings: Settings, interrupts: _Interrupts) -> int:
+    return _run_launch(args, settings, "task", interrupts)
 
 
-def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_push(args: argparse.Namespace, settings: Settings, interrupts: _Interrupts) -> int:
     printer = StatusPrinter(sys.stderr)
     try:
         outcome = launcher.attach_pusher(settings, args.run_id, args.identifier, on_event=printer,
@@ -232,12 +274,12 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     return _finish(outcome, printer, args.json)
 
 
-def cmd_url(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_url(args: argparse.Namespace, settings: Settings, interrupts: _Interrupts) -> int:
     print(launcher.totp_url(settings, args.identifier))
     return 0
 
 
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_demo(args: argparse.Namespace, settings: Settings, interrupts: _Interrupts) -> int:
     from totp_service import demo  # starts servers: only imported when asked for
 
     return demo.run_demo(out=sys.stdout, timeout=args.timeout)

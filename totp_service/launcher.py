@@ -449,7 +449,10 @@ def attach_pusher(
         if on_event:
             on_event(LaunchEvent("created", f"attached to run {run_id} ({run.get('status')})", run_id,
                                  run.get("status")))
-            if wanted and normalize_identifier(str(wanted)) != identifier:
+            if not wanted:
+                on_event(LaunchEvent("note", "the run has no totp_identifier: Skyvern reads the pushed codes only "
+                                             "if one of its blocks names this identifier", run_id, run.get("status")))
+            elif normalize_identifier(str(wanted)) != identifier:
                 on_event(LaunchEvent("note", f"the run was started with another totp_identifier; pushing for "
                                              f"{identifier!r} anyway", run_id, run.get("status")))
         return follow_run(skyvern, run, pusher_source=source, interval=settings.launcher.status_interval_seconds,

@@ -55,11 +55,11 @@ class RequestError(LaunchError):
 def parse_pairs(pairs: Iterable[str], flag: str, *, sep: str = "=", json_values: bool = False) -> dict[str, Any]:
     """`k=v` (or `K:V`) items into a dict; with `json_values` a value that parses as JSON is JSON."""
     result: dict[str, Any] = {}
-    for pair in pairs:
+    for number, pair in enumerate(pairs, start=1):
         key, found, value = pair.partition(sep)
         key = key.strip()
-        if not found or not key:
-            raise RequestError(f"{flag} takes KEY{sep}VALUE (got {_shown(pair)})")
+        if not found or not key:  # not echoed: a header or parameter value may be a credential
+            raise RequestError(f"{flag} takes KEY{sep}VALUE (occurrence {number} has no key or no {sep!r})")
         if sep == ":":
             value = value.strip()
         if json_values:
