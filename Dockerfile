@@ -1,0 +1,30 @@
+# totp-service: the pull endpoint and admin API in a small image.
+#   docker build -t totp-service .
+#   docker run --rm -v totp-data:/data totp-service totp-service init      # once: key file + database
+#   docker run -d -p 8088:8088 -v totp-data:/data -e SKYVERN_API_KEY=... \
+#       -e TOTP_SERVICE_PUBLIC_URL=http://totp:8088 totp-service
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TOTP_SERVICE_DATA_DIR=/data
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY totp_service ./totp_service
+RUN pip install . \
+    && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin totp \
+    && mkdir -p /data \
+    && chown totp:totp /data \
+    && chmod 0700 /data
+
+USER totp
+VOLUME ["/data"]
+EXPOSE 8088
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8088/healthz', timeout=4).status == 200 else 1)"]
+
+CMD ["totp-service", "serve", "--host", "0.0.0.0"]

@@ -1,0 +1,138 @@
+"""The app factory: Skyvern's signed pull endpoint, the admin API, health, metrics, OpenAPI.
+
+`create_app(settings, store=None)` builds everything a running service holds (ServiceState) and
+ties the audit writer to the app's lifespan. Pull requests go straight to a bare ASGI handler
+(pull_http.py): the framework's routing and middleware would cost half the throughput there.
+Everything else is ordinary Starlette routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from totp_service import bootstrap
+from totp_service.admin import admin_routes
+from totp_service.audit_writer import AuditUnavailable
+from totp_service.config import Settings
+from totp_service.openapi import openapi_document
+from totp_service.pull_http import ServerFault, handle_pull, is_pull
+from totp_service.state import ServiceState
+from totp_service.store import Store
+from totp_service.web import ApiError, Unavailable, error_response, json_response
+
+Handler = Callable[[Request, ServiceState], Awaitable[Response]]
+
+
+def endpoint(route: str, fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Map ApiError and audit failures to JSON answers and count every answer by route and status."""
+
+    async def handler(request: Request) -> Response:
+        state: ServiceState = request.app.state.service
+        try:
+            response = await fn(request, state)
+        except ApiError as exc:
+            state.metrics.refused(exc.reason)
+            response = error_response(exc)
+        except AuditUnavailable as exc:
+            state.metrics.refused("audit_unavailable")
+            response = error_response(Unavailable(str(exc)))
+        state.metrics.request(route, response.status_code)
+        return response
+
+    return handler
+
+
+async def healthz(request: Request, state: ServiceState) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request, state: ServiceState) -> Response:
+    try:
+        count = await asyncio.to_thread(state.store.count_secrets)
+    except Exception as exc:  # any failure means: not ready
+        raise Unavailable(f"the store cannot be read ({exc.__class__.__name__})") from None
+    if not state.audit.running:
+        raise Unavailable("the audit writer is not running")
+    return json_response({"status": "ready", "identifiers": count, "key_id": state.store.key_id})
+
+
+async def metrics(request: Request, state: ServiceState) -> Response:
+    extra = {
+        "totp_audit_batches_total": state.audit.batches,
+        "totp_audit_rows_total": state.audit.rows,
+        "totp_uptime_seconds": round(time.time() - state.started_at, 3),
+    }
+    return Response(state.metrics.render(extra), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def openapi(request: Request, state: ServiceState) -> Response:
+    return json_response(openapi_document())
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = ApiError(exc.detail, headers=dict(exc.headers or {}))
+    error.status = exc.status_code
+    error.reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+    request.app.state.service.metrics.request("unmatched", exc.status_code)
+    return error_response(error)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return error_response(ServerFault("internal error"))
+
+
+async def _pull_via_router(request: Request) -> Response:  # pragma: no cover - TotpApp answers first
+    raise HTTPException(404)
+
+
+class TotpApp(Starlette):
+    """Starlette, with Skyvern's pulls answered before the framework's stack."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and is_pull(scope):
+            await handle_pull(self.state.service, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+    """The service. Opens the store with the configured master key when none is given (and then
+    closes it on shutdown); a wrong key raises here, before anything listens."""
+    state = ServiceState(settings, store or bootstrap.open_store(settings), owns_store=store is None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.audit.start()
+        try:
+            yield
+        finally:
+            await state.audit.stop()
+            if state.owns_store:
+                state.store.close()
+
+    routes = [
+        # POSTs to these never reach the router (TotpApp answers them); listed for 405 and OpenAPI
+        Route("/totp", _pull_via_router, methods=["POST"]),
+        Route("/totp/{identifier:path}", _pull_via_router, methods=["POST"]),
+        *[Route(path, endpoint(name, fn), methods=methods) for path, name, fn, methods in admin_routes()],
+        Route("/healthz", endpoint("healthz", healthz), methods=["GET"]),
+        Route("/readyz", endpoint("readyz", readyz), methods=["GET"]),
+        Route("/metrics", endpoint("metrics", metrics), methods=["GET"]),
+        Route("/openapi.json", endpoint("openapi", openapi), methods=["GET"]),
+    ]
+    app = TotpApp(routes=routes, lifespan=lifespan,
+                  exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    app.router.redirect_slashes = False  # never redirect: Skyvern would drop the signature
+    app.state.service = state
+    return app

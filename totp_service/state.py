@@ -1,0 +1,133 @@
+"""Everything one running service holds in memory, built by the app factory (no module globals).
+
+Why a cache: opening a sealed secret costs an AES-GCM decryption and a TotpSpec validation; the
+hot path instead reads the row's `updated_at` (one indexed SELECT) and reuses the decrypted spec
+while it is unchanged, so writes by the admin API, the CLI or another worker are seen at once.
+Single-use windows handed to a request are also reserved here, so concurrent logins for one
+identifier go to different windows without waiting for the database to say so; the database
+claim (in the audit transaction) stays the authority.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from totp_service import otp
+from totp_service.audit_writer import AuditWriter
+from totp_service.config import Settings
+from totp_service.metrics import Metrics
+from totp_service.store import SecretMeta, SecretNotFound, Store, normalize_identifier
+from totp_service.web import iso_utc
+
+
+class CachedSecret:
+    """An opened secret and, once computed, the pull answer for its latest window."""
+
+    __slots__ = ("meta", "spec", "counter", "answer")
+
+    def __init__(self, meta: SecretMeta, spec: otp.TotpSpec) -> None:
+        self.meta, self.spec = meta, spec
+        self.counter, self.answer = -1, b""
+
+    def __repr__(self) -> str:
+        return f"<CachedSecret {self.meta.identifier!r}>"
+
+    def pull_answer(self, counter: int) -> bytes:
+        """The 200 body for window `counter` (computed once per window)."""
+        if counter != self.counter:
+            code = otp.code_at(self.spec, counter * self.spec.period)
+            expires = iso_utc((counter + 1) * self.spec.period)
+            self.answer = b'{"verification_code":"%s","expires_at":"%s"}' % (code.encode(), expires.encode())
+            self.counter = counter
+        return self.answer
+
+
+class ServiceState:
+    def __init__(self, settings: Settings, store: Store, *, owns_store: bool) -> None:
+        self.settings = settings
+        self.store = store
+        self.owns_store = owns_store
+        self.metrics = Metrics()
+        self.audit = AuditWriter(store.write_audit)
+        self.signing_keys = list(settings.skyvern.signing_keys)
+        self._tokens = {role: [t.encode("utf-8") for t in settings.tokens_for(role)] for role in ("admin", "reader")}
+        self._secrets: dict[str, CachedSecret] = {}
+        self._claims: dict[str, set[int]] = {}
+        self.started_at = time.time()
+
+    def __repr__(self) -> str:
+        return f"<ServiceState {self.store!r}>"
+
+    # --- secrets ---------------------------------------------------------------------------
+
+    def secret(self, identifier: str) -> CachedSecret:
+        """Metadata and opened spec of a (normalised) identifier; SecretNotFound if absent.
+
+        Each call reads the row's `updated_at` (another process may have changed the row); the
+        decrypted spec and metadata are reused while it is unchanged.
+        """
+        updated_at = self.store.secret_updated_at(identifier)
+        cached = self._secrets.get(identifier)
+        if updated_at is None:
+            if cached is not None:
+                self.forget(identifier)
+            raise SecretNotFound(identifier)
+        if cached is not None and cached.meta.updated_at == updated_at:
+            return cached
+        meta = self.store.get_meta(identifier)
+        cached = CachedSecret(meta, self.store.get_spec(identifier))
+        self._secrets[identifier] = cached
+        return cached
+
+    def forget(self, identifier: str) -> None:
+        """Drop what is cached for an identifier (after an admin write or removal)."""
+        identifier = normalize_identifier(identifier)
+        self._secrets.pop(identifier, None)
+        self._claims.pop(identifier, None)
+
+    # --- bindings --------------------------------------------------------------------------
+
+    def find_run(self, run_id: str) -> str | None:
+        binding = self.store.find_binding("run", run_id)
+        return binding.identifier if binding else None
+
+    def find_agent(self, agent_id: str) -> str | None:
+        """Bindings made through the admin API (or the CLI) win over the config file's."""
+        binding = self.store.find_binding("agent", agent_id)
+        if binding:
+            return binding.identifier
+        return self.settings.bindings.agents.get(agent_id)
+
+    # --- single-use reservations -----------------------------------------------------------
+
+    def taken(self, identifier: str) -> set[int]:
+        return self._claims.get(identifier) or set()
+
+    def reserve(self, identifier: str, counter: int, current: int) -> None:
+        claims = self._claims.setdefault(identifier, set())
+        claims.add(counter)
+        stale = [c for c in claims if c < current - 1]
+        for c in stale:
+            claims.discard(c)
+
+    def release(self, identifier: str, counter: int) -> None:
+        self._claims.get(identifier, set()).discard(counter)
+
+    # --- bearer tokens ---------------------------------------------------------------------
+
+    def role_of(self, authorization: str | None) -> str | None:
+        """The role a bearer token grants, or None; every configured token is compared in constant time."""
+        if not authorization or not authorization[:7].lower() == "bearer ":
+            return None
+        given = authorization[7:].strip().encode("utf-8")
+        found: str | None = None
+        for role in ("reader", "admin"):  # admin last: a token listed under both roles is admin
+            for token in self._tokens[role]:
+                if hmac.compare_digest(token, given):
+                    found = role
+        return found
+
+    @property
+    def has_tokens(self) -> bool:
+        return any(self._tokens.values())
