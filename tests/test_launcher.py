@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,3 +218,34 @@ def test_exit_codes_per_final_status() -> None:
     codes = {s: RunOutcome({"status": s}).exit_code
              for s in ("completed", "failed", "terminated", "canceled", "timed_out", "running")}
     assert codes == {"completed": 0, "failed": 3, "terminated": 4, "canceled": 5, "timed_out": 6, "running": 1}
+
+
+def test_code_too_close_to_expiry_waits_for_the_next_window(env: Env) -> None:
+    from totp_service import bootstrap
+    from totp_service.pusher import LocalCodeSource, Pusher
+
+    started = httpx.post(f"{env.sim.base}/v1/run/agents", headers={"x-api-key": API_KEY},
+                         json={"agent_id": "wpid_no_login", "totp_identifier": IDENTIFIER}).json()
+    base = (int(time.time()) // PERIOD + 1000) * PERIOD  # a window well in the future
+    now = [base + PERIOD - MIN_VALIDITY / 2]  # half of min_validity left: too late for this code
+    events = []
+    running = {"run_id": started["run_id"], "status": "running", "started_at": "2030-01-01T00:00:00"}
+    with bootstrap.open_store(env.settings) as store, env.client() as client:
+        source = LocalCodeSource(store, IDENTIFIER, min_validity=MIN_VALIDITY)
+        pusher = Pusher(client, source, started["run_id"], "workflow_run", on_event=events.append, clock=lambda: now[0])
+        wait = pusher.tick(running, 0.1)
+        assert pusher.pushes == 0 and [e.kind for e in events] == ["waiting"]
+        assert MIN_VALIDITY / 2 < wait < MIN_VALIDITY / 2 + 0.1
+        now[0] = base + PERIOD + 0.01  # the next window opens
+        wait = pusher.tick(running, 0.1)
+        assert pusher.pushes == 1 and PERIOD - 0.1 < wait < PERIOD + 0.1
+        now[0] += 0.5  # same window: nothing new to push
+        pusher.tick(running, 0.1)
+        assert pusher.pushes == 1
+        now[0] = base + 2 * PERIOD + 0.01  # each new window: a new push
+        pusher.tick(running, 0.1)
+        assert pusher.pushes == 2
+    rows = env.sim.push_rows()
+    assert [parse_utc(r["expired_at"]) for r in rows] == [base + 2 * PERIOD - MIN_VALIDITY,
+                                                          base + 3 * PERIOD - MIN_VALIDITY]
+    assert all(r["content"] for r in rows)

@@ -139,10 +139,9 @@ class RemoteCodeSource:
             raise CodeSourceError("the code service answered something that is not a code") from None
         if not isinstance(code, str) or not code:
             raise CodeSourceError("the code service answered an empty code")
-        received = time.time()
-        window_end = received + seconds_left
+        window_end = time.time() + seconds_left  # our clock: the service's may differ
         period = float(data.get("period") or 30)
-        return WindowCode(code, int(round(window_end)), window_end,
+        return WindowCode(code, _window_id(data.get("expires_at"), window_end), window_end,
                           effective_min_validity(self._min_validity, period))
 
     def claim(self, window: WindowCode, run_id: str, scope: str) -> bool:
@@ -150,6 +149,20 @@ class RemoteCodeSource:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _window_id(expires_at: Any, fallback: float) -> int:
+    """The window's end on the service's clock (exact), else ours rounded."""
+    if isinstance(expires_at, str):
+        try:
+            moment = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            return int(moment.timestamp())
+    return int(round(fallback))
 
 
 @dataclass(frozen=True)
