@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pyotp
 import pytest
 
 from helpers_launch import (
@@ -68,7 +69,7 @@ def test_code_pushed_before_start_does_not_complete_the_run(tmp_path: Path) -> N
         env = make_env(tmp_path, sim)
         with env.client() as client:
             run = client.run_agent({"agent_id": AGENT, "totp_identifier": IDENTIFIER})
-            code = __import__("pyotp").TOTP(SECRET, interval=PERIOD).now()
+            code = pyotp.TOTP(SECRET, interval=PERIOD).now()
             client.push_code(IDENTIFIER, code, expired_at=None, workflow_run_id=run["run_id"])
         final = sim.state.wait_for_run(run["run_id"], timeout=10)
     assert final["status"] == "timed_out"
