@@ -56,8 +56,8 @@ def startup_line(settings: Settings, identifiers: int) -> str:
         warnings.append("no Skyvern API key configured (SKYVERN_API_KEY / skyvern.api_keys): every pull is refused")
     if server.host not in _LOOPBACK and not server.tls_cert:
         warnings.append(f"UNSAFE bound to {server.host} without TLS (use a TLS proxy or server.tls_cert/tls_key)")
-    if getattr(server, "max_timestamp_skew_seconds", None) is not None:
-        warnings.append(f"x-skyvern-timestamp checked to ±{server.max_timestamp_skew_seconds:g}s")  # type: ignore[attr-defined]
+    if server.max_timestamp_skew_seconds is not None:
+        warnings.append(f"x-skyvern-timestamp checked to ±{server.max_timestamp_skew_seconds:g}s")
     line = ", ".join(parts)
     if warnings:
         line += "; WARNING: " + "; ".join(warnings)

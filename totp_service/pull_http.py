@@ -136,7 +136,7 @@ def _check_signature(state: ServiceState, raw: bytes, headers: dict[bytes, bytes
         raise BadSignature(f"missing {signing.SIGNATURE_HEADER} header")
     if not signing.verify(raw, signature, state.signing_keys):
         raise BadSignature(f"{signing.SIGNATURE_HEADER} does not match the body under any configured key")
-    skew = getattr(server, "max_timestamp_skew_seconds", None)
+    skew = server.max_timestamp_skew_seconds
     if skew is not None:
         try:
             off = abs(time.time() - float(headers.get(_TIMESTAMP, b"")))
