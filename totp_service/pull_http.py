@@ -93,7 +93,7 @@ async def handle_pull(state: ServiceState, scope: dict[str, Any], receive: Any, 
 
 
 def _error_body(reason: str, message: str) -> bytes:
-    return json.dumps({"error": reason, "detail": message}, ensure_ascii=False).encode("utf-8")
+    return json.dumps({"error": reason, "detail": message}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 async def _answer(send: Any, status: int, body: bytes) -> None:
