@@ -93,7 +93,8 @@ async def handle_pull(state: ServiceState, scope: dict[str, Any], receive: Any, 
 
 
 def _error_body(reason: str, message: str) -> bytes:
-    return json.dumps({"error": reason, "detail": message}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    data = {"error": reason, "detail": message}
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 async def _answer(send: Any, status: int, body: bytes) -> None:
