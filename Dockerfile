@@ -1,8 +1,10 @@
 # totp-service: the pull endpoint and admin API in a small image.
 #   docker build -t totp-service .
-#   docker run --rm -v totp-data:/data totp-service totp-service init      # once: key file + database
 #   docker run -d -p 8088:8088 -v totp-data:/data -e SKYVERN_API_KEY=... \
 #       -e TOTP_SERVICE_PUBLIC_URL=http://totp:8088 totp-service
+#   docker exec -i <container> totp-service secret add alice@example.com --stdin < secret.txt
+# The first start creates the key file and database on the volume (`init` never overwrites them).
+# Back up the volume's master.key, or pass TOTP_SERVICE_MASTER_KEY instead of keeping it there.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -27,4 +29,4 @@ EXPOSE 8088
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8088/healthz', timeout=4).status == 200 else 1)"]
 
-CMD ["totp-service", "serve", "--host", "0.0.0.0"]
+CMD ["sh", "-c", "totp-service init >/dev/null && exec totp-service serve --host 0.0.0.0"]
