@@ -127,6 +127,43 @@ def test_serve_starts_answers_and_stops_cleanly_without_leaking_codes(store_env:
     assert _cli(store_env, "audit", "--since", "soon").returncode == 2
 
 
+def test_forked_workers_share_the_socket_and_stop_together(store_env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "workers.yaml"
+    config.write_text("codes:\n  min_validity_seconds: 0\n  max_hold_seconds: 0\n  single_use: false\n"
+                      "server:\n  workers: 2\n  access_log: false\n")
+    env = {**store_env, "TOTP_SERVICE_CONFIG": str(config)}
+    with serving(env) as (proc, url):
+        assert "workers 2" in proc.wait_for("listening on")
+        children = _children(proc.popen.pid)
+        assert len(children) == 2
+        for _ in range(6):  # a new connection each time: either worker may answer
+            with httpx.Client(base_url=url, timeout=10) as client:
+                assert pull(client, "/totp/alice%40example.com", {"task_id": "tsk_w"}).status_code == 200
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert client.put("/v1/secrets/bob", headers=bearer(ADMIN_TOKEN), json={"secret": OTHER_BASE32}).status_code == 201
+        for _ in range(6):  # every worker sees the new secret at once
+            with httpx.Client(base_url=url, timeout=10) as client:
+                assert pull(client, "/totp/bob", {"task_id": "tsk_w"}).status_code == 200
+        assert proc.stop() == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    rows = json.loads(_cli(store_env, "audit", "--json", "--limit", "100").stdout)
+    assert sum(r["outcome"] == "served" for r in rows) == 12
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def test_startup_line_names_unsafe_settings(tmp_path: Path) -> None:
     env = _env(tmp_path / "data")
     assert _cli(env, "init").returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,22 @@ def test_single_use_claims_and_audit(opened) -> None:
     assert s.write_audit([entry], [("alice", 100), ("alice", 101)]) == [False, True]
     rows = s.read_audit(identifier="alice")
     assert len(rows) == 2 and rows[0].workflow_run_id == "wr_1"
+
+
+def test_background_checkpoints_keep_the_wal_small(opened) -> None:
+    _, s = opened
+    s.start_background_checkpoints(interval=0.02)
+    assert s._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # commits no longer checkpoint
+    entry = store.AuditEntry(outcome="served", identifier="alice")
+    for _ in range(3000):
+        s.write_audit([entry])
+    time.sleep(0.2)
+    s.write_audit([entry])  # the WAL restarts from its start once everything was copied back
+    frames = s._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][1]
+    s.stop_background_checkpoints()
+    assert frames < 1000
+    assert s._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    assert len(s.read_audit(limit=10000)) == 3001
 
 
 def test_concurrent_writer_and_readers(tmp_path: Path) -> None:

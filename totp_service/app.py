@@ -114,10 +114,12 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.audit.start()
+        state.store.start_background_checkpoints()
         try:
             yield
         finally:
             await state.audit.stop()
+            state.store.stop_background_checkpoints()
             if state.owns_store:
                 state.store.close()
 

@@ -8,24 +8,26 @@ service listens, what it holds and every unsafe setting.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
 
 from totp_service import bootstrap
 from totp_service.app import create_app
 from totp_service.cli import UsageError
-from totp_service.config import ENV_CONFIG, ENV_DATA_DIR, Settings, load_settings
-from totp_service.store import AuditEntry
+from totp_service.config import Settings
+from totp_service.store import AuditEntry, Store
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -105,11 +107,6 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def worker_app() -> Starlette:
-    """App factory for `workers > 1`: each worker process reads the same settings from the environment."""
-    return create_app(load_settings())
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.host:
         settings.server.host = args.host
@@ -118,20 +115,113 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(f"--port must be between 1 and 65535 (got {args.port})")
         settings.server.port = args.port
     _configure_logging(settings.server.access_log)
+    if settings.server.workers > 1:
+        return _serve_forked(settings, settings.server.workers)
     app = create_app(settings)  # opens the store: a wrong master key stops us here
     identifiers = app.state.service.store.count_secrets()
-    banner = startup_line(settings, identifiers)
-    if settings.server.workers > 1:
-        app.state.service.store.close()
-        if settings.source != "defaults":
-            os.environ[ENV_CONFIG] = settings.source
-        os.environ[ENV_DATA_DIR] = str(settings.data_dir)
-        print(banner, file=sys.stderr, flush=True)
-        uvicorn.run("totp_service.cli_service:worker_app", factory=True, workers=settings.server.workers,
-                    **_uvicorn_options(settings))
-        return 0
-    _Server(uvicorn.Config(app, **_uvicorn_options(settings)), banner).run()
+    _Server(uvicorn.Config(app, **_uvicorn_options(settings)), startup_line(settings, identifiers)).run()
     return 0
+
+
+# --- several workers: fork after imports, one shared listening socket --------------------------
+
+_RESPAWN_MIN_SECONDS = 2.0  # a worker that dies sooner than this after its start is not restarted
+
+
+def _serve_forked(settings: Settings, workers: int) -> int:
+    """`server.workers > 1`: this process checks the key, binds the socket, then forks the workers.
+
+    Why fork and not uvicorn's `workers=` (multiprocessing spawn): every spawned worker imports
+    Python, Starlette, uvicorn and cryptography again (~45 MiB each). Forked after the imports,
+    the workers share those pages copy-on-write (`gc.freeze()` keeps the collector from dirtying
+    them), and the one listening socket is inherited, so the kernel hands each connection to
+    whichever worker accepts first. Each worker opens its own SQLite connection after the fork
+    (connections must not cross a fork); WAL mode and the group-commit audit writer make several
+    writers safe, the spec cache re-validates every row it uses, and single-use claims are
+    decided in the audit transaction (the database is the authority, see state.py).
+
+    This process only supervises: it forwards SIGTERM/SIGINT, restarts a worker that dies
+    (unless it died right after starting), and exits 0 after a clean shutdown.
+    """
+    key = bootstrap.load_master_key(settings)  # once: a passphrase is stretched here, not per worker
+    with Store(settings.database_path, key) as store:  # a wrong master key stops us here
+        identifiers = store.count_secrets()
+    config = uvicorn.Config(_no_app, **_uvicorn_options(settings))
+    sock = config.bind_socket()
+    banner = startup_line(settings, identifiers)
+    gc.collect()
+    gc.freeze()  # objects made so far stay out of the collector's reach: shared pages stay shared
+
+    children: dict[int, float] = {}
+    stopping = False
+    failed = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                code = _run_worker(settings, key, sock)
+            finally:
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def forward(sig: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for _ in range(workers):
+        spawn()
+    print(banner, file=sys.stderr, flush=True)
+    try:
+        while children:
+            pid, status = os.wait()
+            started = children.pop(pid, None)
+            if started is None or stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if time.monotonic() - started < _RESPAWN_MIN_SECONDS:
+                print(f"totp-service: worker {pid} exited ({code}) right after starting; stopping",
+                      file=sys.stderr, flush=True)
+                failed = True
+                forward(signal.SIGTERM, None)
+            else:
+                print(f"totp-service: worker {pid} exited ({code}); starting another", file=sys.stderr, flush=True)
+                spawn()
+    finally:
+        sock.close()
+    return 1 if failed else 0
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - replaced per worker
+    raise RuntimeError("the supervisor serves nothing")
+
+
+def _run_worker(settings: Settings, key: Any, sock: socket.socket) -> int:
+    store = Store(settings.database_path, key)
+    try:
+        app = create_app(settings, store)
+        server = _WorkerServer(uvicorn.Config(app, **_uvicorn_options(settings)))
+        server.run(sockets=[sock])
+        return 0 if server.started else 3
+    finally:
+        store.close()
+
+
+class _WorkerServer(uvicorn.Server):
+    """A forked worker: SIGTERM (from the supervisor) is its normal stop, exit 0."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            self._captured_signals.remove(sig)
 
 
 # --- audit -----------------------------------------------------------------------------------

@@ -216,6 +216,7 @@ class Store:
         self.path = Path(path)
         self._key = key
         self._lock = threading.RLock()
+        self._checkpointer: _Checkpointer | None = None
         if create:
             if self.path.exists() and self.path.stat().st_size > 0:
                 raise StoreError(f"{self.path} already exists")
@@ -243,8 +244,34 @@ class Store:
     # --- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:
+        self.stop_background_checkpoints()
         with self._lock:
             self._conn.close()
+
+    # --- WAL checkpoints -----------------------------------------------------------------
+
+    def start_background_checkpoints(self, interval: float = 0.25) -> None:
+        """Move WAL checkpoints out of this connection's commits (for the service).
+
+        SQLite's automatic checkpoint runs inside whichever COMMIT pushes the WAL past 1,000 pages:
+        that commit then copies pages into the database file and fsyncs, and every request waiting
+        on it pays. Here the serving connection stops checkpointing and a daemon thread with its
+        own connection runs a PASSIVE checkpoint every `interval` seconds (never blocking writers
+        or readers; sqlite3 releases the GIL while it works). Commits stay as durable as before.
+        """
+        if self._checkpointer is not None:
+            return
+        with self._lock:
+            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpointer = _Checkpointer(self.path, interval)
+        self._checkpointer.start()
+
+    def stop_background_checkpoints(self) -> None:
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop()
+            with self._lock:
+                self._conn.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT_PAGES}")
 
     def __enter__(self) -> Store:
         return self
@@ -529,6 +556,41 @@ class Store:
                 (*args, limit),
             ).fetchall()
         return [AuditEntry(*row) for row in rows]
+
+
+_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
+
+
+class _Checkpointer(threading.Thread):
+    """PASSIVE WAL checkpoints on a connection of its own, every `interval` seconds."""
+
+    def __init__(self, path: Path, interval: float) -> None:
+        super().__init__(name="wal-checkpoint", daemon=True)
+        self._path, self._interval = path, interval
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, timeout=30, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            while not self._stopping.wait(self._interval):
+                self.checkpoint(conn)
+            self.checkpoint(conn)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def checkpoint(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # fetchall: no read left open
+        except sqlite3.Error:  # busy or locked now: the next round catches up
+            pass
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=10)
 
 
 def _split_sql(script: str) -> list[str]:
