@@ -170,10 +170,11 @@ def test_allow_list_and_bindings(opened) -> None:
 def test_single_use_claims_and_audit(opened) -> None:
     _, s = opened
     entry = store.AuditEntry(outcome="served", identifier="alice", workflow_run_id="wr_1", client="127.0.0.1")
-    assert s.write_audit([entry], [("alice", 100)]) == [True]
-    assert s.write_audit([entry], [("alice", 100), ("alice", 101)]) == [False, True]
+    assert s.write_audit([(entry, ("alice", 100))]) == [True]
+    assert s.write_audit([(entry, ("alice", 100)), (entry, ("alice", 101)), (entry, None)]) == [False, True, True]
     rows = s.read_audit(identifier="alice")
-    assert len(rows) == 2 and rows[0].workflow_run_id == "wr_1"
+    assert [r.outcome for r in rows] == ["served", "served", "window_taken", "served"]
+    assert rows[0].workflow_run_id == "wr_1"
 
 
 def test_background_checkpoints_keep_the_wal_small(opened) -> None:
@@ -182,9 +183,9 @@ def test_background_checkpoints_keep_the_wal_small(opened) -> None:
     assert s._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # commits no longer checkpoint
     entry = store.AuditEntry(outcome="served", identifier="alice")
     for _ in range(3000):
-        s.write_audit([entry])
+        s.write_audit([(entry, None)])
     time.sleep(0.2)
-    s.write_audit([entry])  # the WAL restarts from its start once everything was copied back
+    s.write_audit([(entry, None)])  # the WAL restarts from its start once everything was copied back
     frames = s._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][1]
     s.stop_background_checkpoints()
     assert frames < 1000
@@ -211,7 +212,7 @@ def test_concurrent_writer_and_readers(tmp_path: Path) -> None:
                 for _ in range(100):
                     for meta in s.list_meta()[:5]:
                         s.get_spec(meta.identifier)
-                    s.write_audit([store.AuditEntry(outcome="served", identifier="w0")])
+                    s.write_audit([(store.AuditEntry(outcome="served", identifier="w0"), None)])
         except BaseException as exc:  # pragma: no cover
             errors.append(exc)
 
@@ -239,3 +240,28 @@ def test_newer_schema_is_refused(opened) -> None:
 def test_repr_of_keys_hides_them() -> None:
     key = crypto.MasterKey.generate()
     assert key.to_base64() not in repr(key) and repr(key.key) not in repr(key)
+
+
+def test_version_1_store_migrates_forward(opened) -> None:
+    settings, s = opened
+    s.put_secret("alice", _spec())
+    s.close()
+    conn = sqlite3.connect(settings.database_path)
+    for event in ("insert", "update", "delete"):
+        conn.execute(f"DROP TRIGGER secrets_version_{event}")
+    conn.execute("CREATE INDEX audit_identifier_at ON audit (identifier, at)")
+    conn.execute("DELETE FROM meta WHERE name = 'secrets_version'")
+    conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (b"1",))
+    conn.commit()
+    conn.close()
+    with bootstrap.open_store(settings) as migrated:
+        assert migrated.get_spec("alice").secret == otp.decode_base32(B32)
+        before = migrated.secrets_version()
+        migrated.put_secret("bob", _spec())
+        migrated.remove_secret("alice")
+        assert migrated.secrets_version() == before + 2
+    conn = sqlite3.connect(settings.database_path)
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    version = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
+    conn.close()
+    assert "audit_identifier_at" not in names and version == b"2"

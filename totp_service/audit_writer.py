@@ -2,7 +2,7 @@
 
 Why: every answer must wait for its audit row to be committed (no audit, no code), and one
 commit per request would make the disk the bottleneck. One writer thread runs
-`store.write_audit(entries, claims)` for everything queued so far; while it commits, new requests
+`store.write_audit(items)` for everything queued so far; while it commits, new requests
 queue up for the next transaction. Each request's future resolves only after COMMIT, with
 whether its single-use window claim was new. Under light load a request is written at once
 (no timer, no added latency).
@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from totp_service.store import AuditEntry
 
 log = logging.getLogger("totp_service.audit")
-WriteFn = Callable[[Sequence[AuditEntry], Sequence[tuple[str, int]]], list[bool]]
+WriteFn = Callable[[Sequence[tuple[AuditEntry, "tuple[str, int] | None"]]], list[bool]]
 _Pending = tuple[AuditEntry, "tuple[str, int] | None", "asyncio.Future[bool]"]
 
 
@@ -92,13 +92,12 @@ class AuditWriter:
                 return
 
     async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        entries = [entry for entry, _, _ in batch]
-        claims = [claim for _, claim, _ in batch if claim is not None]
+        items = [(entry, claim) for entry, claim, _ in batch]
         try:
             if self._executor is None:
-                results = self._write(entries, claims)
+                results = self._write(items)
             else:
-                results = await loop.run_in_executor(self._executor, self._write, entries, claims)
+                results = await loop.run_in_executor(self._executor, self._write, items)
         except Exception as exc:  # any failure: every request in the batch gets no code
             log.error("audit write failed (%s); %d request(s) refused", exc.__class__.__name__, len(batch))
             for _, _, future in batch:
@@ -106,9 +105,7 @@ class AuditWriter:
                     future.set_exception(AuditUnavailable())
             return
         self.batches += 1
-        self.rows += len(entries)
-        new = iter(results)
-        for _, claim, future in batch:
-            fresh = next(new) if claim is not None else True
+        self.rows += len(items)
+        for (_, _, future), fresh in zip(batch, results):
             if not future.done():
                 future.set_result(fresh)

@@ -148,6 +148,7 @@ def _serve_forked(settings: Settings, workers: int) -> int:
         identifiers = store.count_secrets()
     config = uvicorn.Config(_no_app, **_uvicorn_options(settings))
     sock = config.bind_socket()
+    sock.listen(config.backlog)  # connections queue from now on, before any worker is up
     banner = startup_line(settings, identifiers)
     gc.collect()
     gc.freeze()  # objects made so far stay out of the collector's reach: shared pages stay shared

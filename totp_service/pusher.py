@@ -95,9 +95,8 @@ class LocalCodeSource:
     def claim(self, window: WindowCode, run_id: str, scope: str) -> bool:
         entry = AuditEntry(outcome="pushed", identifier=self.identifier, route="push", client="launcher",
                            **{scope: run_id}, detail=f"window {window.window_id}")
-        claims = [(self.identifier, window.window_id)] if self.single_use else []
-        results = self._store.write_audit([entry], claims)
-        return all(results)
+        claim = (self.identifier, window.window_id) if self.single_use else None
+        return self._store.write_audit([(entry, claim)])[0]
 
     def close(self) -> None:
         pass

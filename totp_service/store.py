@@ -21,55 +21,68 @@ from typing import Any
 
 from totp_service import crypto, otp
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+$")
 _AGENT_ID = re.compile(r"^wpid_[A-Za-z0-9_-]+$")
 
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE secrets (
-        identifier TEXT PRIMARY KEY,
-        key_id TEXT NOT NULL,
-        sealed BLOB NOT NULL,
-        algorithm TEXT NOT NULL,
-        digits INTEGER NOT NULL,
-        period INTEGER NOT NULL,
-        issuer TEXT,
-        account TEXT,
-        allowed_agents TEXT NOT NULL DEFAULT '[]',
-        min_validity_seconds REAL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE bindings (
-        kind TEXT NOT NULL CHECK (kind IN ('run', 'agent')),
-        ref TEXT NOT NULL,
-        identifier TEXT NOT NULL,
-        expires_at REAL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (kind, ref)
-    );
-    CREATE TABLE audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at REAL NOT NULL,
-        identifier TEXT,
-        task_id TEXT,
-        workflow_run_id TEXT,
-        workflow_permanent_id TEXT,
-        client TEXT,
-        route TEXT,
-        outcome TEXT NOT NULL,
-        detail TEXT
-    );
-    CREATE INDEX audit_identifier_at ON audit (identifier, at);
-    CREATE INDEX audit_at ON audit (at);
-    CREATE TABLE served (
-        identifier TEXT NOT NULL,
-        counter INTEGER NOT NULL,
-        at REAL NOT NULL,
-        PRIMARY KEY (identifier, counter)
-    );
-    """,
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE secrets (
+    identifier TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    algorithm TEXT NOT NULL,
+    digits INTEGER NOT NULL,
+    period INTEGER NOT NULL,
+    issuer TEXT,
+    account TEXT,
+    allowed_agents TEXT NOT NULL DEFAULT '[]',
+    min_validity_seconds REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)""",
+        """CREATE TABLE bindings (
+    kind TEXT NOT NULL CHECK (kind IN ('run', 'agent')),
+    ref TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    expires_at REAL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (kind, ref)
+)""",
+        """CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    identifier TEXT,
+    task_id TEXT,
+    workflow_run_id TEXT,
+    workflow_permanent_id TEXT,
+    client TEXT,
+    route TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT
+)""",
+        """CREATE INDEX audit_identifier_at ON audit (identifier, at)""",
+        """CREATE INDEX audit_at ON audit (at)""",
+        """CREATE TABLE served (
+    identifier TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (identifier, counter)
+)""",
+    ],
+    # The audit table only grows: an index on (identifier, at) made every insert touch a page at a
+    # random place in that index, which slowed commits as the table grew. Reads by identifier are
+    # rare (admin) and scan from the newest row down. `secrets_version` lets a serving process tell
+    # with one read whether any secret changed (in any process) since it cached them.
+    2: [
+        "DROP INDEX IF EXISTS audit_identifier_at",
+        "INSERT OR IGNORE INTO meta (name, value) VALUES ('secrets_version', 0)",
+        *(
+            f"""CREATE TRIGGER secrets_version_{event.lower()} AFTER {event} ON secrets
+               BEGIN UPDATE meta SET value = value + 1 WHERE name = 'secrets_version'; END"""
+            for event in ("INSERT", "UPDATE", "DELETE")
+        ),
+    ],
 }
 
 
@@ -294,7 +307,7 @@ class Store:
         with self._transaction() as conn:
             conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
             for version in sorted(_MIGRATIONS):
-                for statement in _split_sql(_MIGRATIONS[version]):
+                for statement in _MIGRATIONS[version]:
                     conn.execute(statement)
             values = {
                 "schema_version": str(SCHEMA_VERSION).encode(),
@@ -325,7 +338,7 @@ class Store:
             return
         with self._transaction() as conn:
             for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _split_sql(_MIGRATIONS[step]):
+                for statement in _MIGRATIONS[step]:
                     conn.execute(statement)
             conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION).encode(),))
 
@@ -508,28 +521,35 @@ class Store:
 
     # --- audit and single-use claims -----------------------------------------------------
 
-    def write_audit(self, entries: Sequence[AuditEntry], claims: Sequence[tuple[str, int]] = ()) -> list[bool]:
-        """Commit audit rows (and single-use window claims) in one transaction.
+    def write_audit(self, items: Sequence[tuple[AuditEntry, tuple[str, int] | None]]) -> list[bool]:
+        """Commit audit rows, each with an optional single-use window claim, in one transaction.
 
-        Returns, per claim, whether it was new: a claim already taken means that window's code
-        went out before and must not be handed out again.
+        Returns, per item, whether its claim was new (True when it had none). A claim already
+        taken means that window's code went out before and must not be handed out again; its
+        row is then recorded as `window_taken`, not as what the caller meant to do.
         """
+        now = time.time()
         with self._transaction() as conn:
+            results, rows = [], []
+            for e, claim in items:
+                fresh = claim is None or conn.execute(
+                    "INSERT OR IGNORE INTO served (identifier, counter, at) VALUES (?, ?, ?)", (*claim, now)
+                ).rowcount == 1
+                results.append(fresh)
+                rows.append((e.at, e.identifier, e.task_id, e.workflow_run_id, e.workflow_permanent_id, e.client,
+                             e.route, e.outcome if fresh else "window_taken", e.detail))
             conn.executemany(
                 """INSERT INTO audit (at, identifier, task_id, workflow_run_id, workflow_permanent_id, client,
                        route, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [(e.at, e.identifier, e.task_id, e.workflow_run_id, e.workflow_permanent_id, e.client, e.route,
-                  e.outcome, e.detail) for e in entries],
+                rows,
             )
-            results = []
-            now = time.time()
-            for identifier, counter in claims:
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO served (identifier, counter, at) VALUES (?, ?, ?)",
-                    (identifier, counter, now),
-                )
-                results.append(cursor.rowcount == 1)
         return results
+
+    def secrets_version(self) -> int:
+        """A counter bumped (by triggers) on every change to any secret, by any process."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE name = 'secrets_version'").fetchone()
+        return int(row[0])
 
     def is_claimed(self, identifier: str, counter: int) -> bool:
         with self._lock:
@@ -592,7 +612,4 @@ class _Checkpointer(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=10)
 
-
-def _split_sql(script: str) -> list[str]:
-    return [part.strip() for part in script.split(";") if part.strip()]
 
