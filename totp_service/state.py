@@ -1,8 +1,10 @@
 """Everything one running service holds in memory, built by the app factory (no module globals).
 
-Why a cache: opening a sealed secret costs an AES-GCM decryption and a TotpSpec validation; the
-hot path instead reads the row's `updated_at` (one indexed SELECT) and reuses the decrypted spec
-while it is unchanged, so writes by the admin API, the CLI or another worker are seen at once.
+Why a cache: opening a sealed secret costs an AES-GCM decryption and a TotpSpec validation, and a
+row read per request was a measurable share of the hot path. Decrypted specs are kept while the
+store's `secrets_version` (bumped by triggers on any change, by any process) is unchanged; that
+counter is read at most every `REVALIDATE_SECONDS`, so a change made by the CLI or another worker
+is seen within that time, and one made through this process's admin API at once.
 Single-use windows handed to a request are also reserved here, so concurrent logins for one
 identifier go to different windows without waiting for the database to say so; the database
 claim (in the audit transaction) stays the authority.
@@ -19,6 +21,10 @@ from totp_service.config import Settings
 from totp_service.metrics import Metrics
 from totp_service.store import SecretMeta, SecretNotFound, Store, normalize_identifier
 from totp_service.web import iso_utc
+
+
+REVALIDATE_SECONDS = 0.05
+CACHE_MAX_ENTRIES = 10_000
 
 
 class CachedSecret:
@@ -53,6 +59,8 @@ class ServiceState:
         self.signing_keys = list(settings.skyvern.signing_keys)
         self._tokens = {role: [t.encode("utf-8") for t in settings.tokens_for(role)] for role in ("admin", "reader")}
         self._secrets: dict[str, CachedSecret] = {}
+        self._secrets_version = -1
+        self._revalidate_at = 0.0
         self._claims: dict[str, set[int]] = {}
         self.started_at = time.time()
 
@@ -62,22 +70,20 @@ class ServiceState:
     # --- secrets ---------------------------------------------------------------------------
 
     def secret(self, identifier: str) -> CachedSecret:
-        """Metadata and opened spec of a (normalised) identifier; SecretNotFound if absent.
-
-        Each call reads the row's `updated_at` (another process may have changed the row); the
-        decrypted spec and metadata are reused while it is unchanged.
-        """
-        updated_at = self.store.secret_updated_at(identifier)
+        """Metadata and opened spec of a (normalised) identifier; SecretNotFound if absent."""
+        now = time.monotonic()
+        if now >= self._revalidate_at:
+            version = self.store.secrets_version()
+            if version != self._secrets_version:
+                self._secrets.clear()
+                self._secrets_version = version
+            self._revalidate_at = now + REVALIDATE_SECONDS
         cached = self._secrets.get(identifier)
-        if updated_at is None:
-            if cached is not None:
-                self.forget(identifier)
-            raise SecretNotFound(identifier)
-        if cached is not None and cached.meta.updated_at == updated_at:
-            return cached
-        meta = self.store.get_meta(identifier)
-        cached = CachedSecret(meta, self.store.get_spec(identifier))
-        self._secrets[identifier] = cached
+        if cached is None:
+            if len(self._secrets) >= CACHE_MAX_ENTRIES:  # bounded memory; a refill is cheap
+                self._secrets.clear()
+            cached = CachedSecret(self.store.get_meta(identifier), self.store.get_spec(identifier))
+            self._secrets[identifier] = cached
         return cached
 
     def forget(self, identifier: str) -> None:

@@ -427,12 +427,6 @@ class Store:
             raise SecretNotFound(identifier)
         return self._meta_from_row(row)
 
-    def secret_updated_at(self, identifier: str) -> float | None:
-        """The row's `updated_at` (None if absent): one indexed read, so callers can cache opened specs."""
-        with self._lock:
-            row = self._conn.execute("SELECT updated_at FROM secrets WHERE identifier = ?", (identifier,)).fetchone()
-        return None if row is None else float(row[0])
-
     def list_meta(self) -> list[SecretMeta]:
         with self._lock:
             rows = self._conn.execute(f"SELECT {self._META_COLUMNS} FROM secrets ORDER BY identifier").fetchall()
