@@ -265,3 +265,51 @@ def test_version_1_store_migrates_forward(opened) -> None:
     version = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
     conn.close()
     assert "audit_identifier_at" not in names and version == b"2"
+
+
+def _claims(path: Path) -> set[tuple[str, int]]:
+    with sqlite3.connect(path) as conn:
+        return set(conn.execute("SELECT identifier, counter FROM served").fetchall())
+
+
+def _old_claim(path: Path, identifier: str, counter: int, at: float) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("INSERT INTO served (identifier, counter, at) VALUES (?, ?, ?)", (identifier, counter, at))
+    conn.close()
+
+
+def test_prune_claims_drops_closed_windows_only(opened) -> None:
+    settings, s = opened
+    s.put_secret("alice", _spec())  # 30 s windows
+    s.put_secret("hourly", otp.spec_from_base32(B32, period=3600))
+    now = time.time()
+    old = now - 2 * 86400
+    _old_claim(settings.database_path, "alice", int(old // 30), old)
+    # an old claim time but a window still open (as with a clock that jumped): kept, the window decides
+    _old_claim(settings.database_path, "hourly", int(now // 3600), old)
+    current = int(now // 30)
+    assert s.write_audit([(store.AuditEntry("served", identifier="alice"), ("alice", current))]) == [True]
+
+    assert s.prune_claims(now - store.CLAIM_RETENTION_SECONDS) == 1
+
+    assert _claims(settings.database_path) == {("alice", current), ("hourly", int(now // 3600))}
+    assert s.write_audit([(store.AuditEntry("served", identifier="alice"), ("alice", current))]) == [False]
+
+
+def test_service_background_thread_prunes_old_claims(opened) -> None:
+    settings, s = opened
+    s.put_secret("alice", _spec())
+    old = time.time() - 3 * 86400
+    for counter in range(int(old // 30), int(old // 30) + 50):
+        _old_claim(settings.database_path, "alice", counter, old)
+    current = int(time.time() // 30)
+    s.write_audit([(store.AuditEntry("served", identifier="alice"), ("alice", current))])
+    s.start_background_checkpoints(interval=0.02, prune_every=0.05)
+    try:
+        deadline = time.monotonic() + 10
+        while len(_claims(settings.database_path)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        s.stop_background_checkpoints()
+    assert _claims(settings.database_path) == {("alice", current)}

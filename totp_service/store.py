@@ -22,6 +22,8 @@ from typing import Any
 from totp_service import crypto, otp
 
 SCHEMA_VERSION = 2
+CLAIM_RETENTION_SECONDS = 86400.0  # single-use claims older than this are pruned (their windows closed long ago)
+CLAIM_PRUNE_INTERVAL_SECONDS = 3600.0  # how often the service's background thread prunes them
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+$")
 _AGENT_ID = re.compile(r"^wpid_[A-Za-z0-9_-]+$")
 
@@ -263,7 +265,9 @@ class Store:
 
     # --- WAL checkpoints -----------------------------------------------------------------
 
-    def start_background_checkpoints(self, interval: float = 0.25) -> None:
+    def start_background_checkpoints(
+        self, interval: float = 0.25, prune_every: float = CLAIM_PRUNE_INTERVAL_SECONDS
+    ) -> None:
         """Move WAL checkpoints out of this connection's commits (for the service).
 
         SQLite's automatic checkpoint runs inside whichever COMMIT pushes the WAL past 1,000 pages:
@@ -271,12 +275,14 @@ class Store:
         on it pays. Here the serving connection stops checkpointing and a daemon thread with its
         own connection runs a PASSIVE checkpoint every `interval` seconds (never blocking writers
         or readers; sqlite3 releases the GIL while it works). Commits stay as durable as before.
+        The same thread prunes old single-use claims every `prune_every` seconds, so the `served`
+        table stays the size of a day's windows instead of growing forever.
         """
         if self._checkpointer is not None:
             return
         with self._lock:
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self._checkpointer = _Checkpointer(self.path, interval)
+        self._checkpointer = _Checkpointer(self.path, interval, prune_every)
         self._checkpointer.start()
 
     def stop_background_checkpoints(self) -> None:
@@ -545,6 +551,16 @@ class Store:
             row = self._conn.execute("SELECT value FROM meta WHERE name = 'secrets_version'").fetchone()
         return int(row[0])
 
+    def prune_claims(self, before: float) -> int:
+        """Forget single-use claims made before `before` whose window had closed by then.
+
+        A claim only matters while its window can still come round as the current one; the
+        window test keeps a claim of a very long period (over a day) until that window closes.
+        Returns how many claims were removed.
+        """
+        with self._transaction() as conn:
+            return _prune_claims(conn, before)
+
     def is_claimed(self, identifier: str, counter: int) -> bool:
         with self._lock:
             row = self._conn.execute(
@@ -575,13 +591,24 @@ class Store:
 _AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
 
 
-class _Checkpointer(threading.Thread):
-    """PASSIVE WAL checkpoints on a connection of its own, every `interval` seconds."""
+def _prune_claims(conn: sqlite3.Connection, before: float) -> int:
+    return conn.execute(
+        """DELETE FROM served WHERE at < ? AND NOT EXISTS (
+               SELECT 1 FROM secrets WHERE secrets.identifier = served.identifier
+                   AND (served.counter + 1) * secrets.period > ?)""",
+        (before, before),
+    ).rowcount
 
-    def __init__(self, path: Path, interval: float) -> None:
+
+class _Checkpointer(threading.Thread):
+    """PASSIVE WAL checkpoints on a connection of its own, every `interval` seconds; claim pruning
+    every `prune_every` seconds (first soon after start, so a service restarted often still prunes)."""
+
+    def __init__(self, path: Path, interval: float, prune_every: float = CLAIM_PRUNE_INTERVAL_SECONDS) -> None:
         super().__init__(name="wal-checkpoint", daemon=True)
-        self._path, self._interval = path, interval
+        self._path, self._interval, self._prune_every = path, interval, prune_every
         self._stopping = threading.Event()
+        self._next_prune = time.monotonic() + min(prune_every, 60.0)
 
     def run(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, timeout=30, check_same_thread=False)
@@ -590,6 +617,9 @@ class _Checkpointer(threading.Thread):
             conn.execute("PRAGMA synchronous = NORMAL")
             while not self._stopping.wait(self._interval):
                 self.checkpoint(conn)
+                if time.monotonic() >= self._next_prune:
+                    self._next_prune = time.monotonic() + self._prune_every
+                    self.prune(conn)
             self.checkpoint(conn)
         finally:
             conn.close()
@@ -600,6 +630,19 @@ class _Checkpointer(threading.Thread):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # fetchall: no read left open
         except sqlite3.Error:  # busy or locked now: the next round catches up
             pass
+
+    @staticmethod
+    def prune(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:  # busy now: the next round tries again
+            return
+        try:
+            _prune_claims(conn, time.time() - CLAIM_RETENTION_SECONDS)
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            return
+        conn.execute("COMMIT")
 
     def stop(self) -> None:
         self._stopping.set()
