@@ -28,6 +28,7 @@ from totp_service.app import create_app
 from totp_service.cli import UsageError
 from totp_service.config import Settings
 from totp_service.store import AuditEntry, Store
+from totp_service.tls import check_tls_files
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -114,6 +115,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if not 0 < args.port < 65536:
             raise UsageError(f"--port must be between 1 and 65535 (got {args.port})")
         settings.server.port = args.port
+    if settings.server.tls_cert and settings.server.tls_key:
+        check_tls_files(settings.server.tls_cert, settings.server.tls_key)
     _configure_logging(settings.server.access_log)
     if settings.server.workers > 1:
         return _serve_forked(settings, settings.server.workers)
