@@ -178,6 +178,9 @@ def test_url_command(env: Env, run_cli: Any) -> None:
     result = run_cli("url", "Alice@Example.com")
     assert result.code == 0
     assert result.out.strip() == f"{env.settings.server.effective_public_url}/totp/alice%40example.com"
+    unknown = run_cli("url", "Nobody@Example.com")
+    assert unknown.code == 1 and unknown.out == ""
+    assert unknown.err == "totp-service: error: no secret for 'nobody@example.com'\n"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

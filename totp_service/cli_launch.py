@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from totp_service import launcher
+from totp_service import bootstrap, launcher
 from totp_service.config import Settings
+from totp_service.store import SecretNotFound, normalize_identifier
 from totp_service.run_request import (
     PROXY_LOCATIONS,
     RUN_WITH,
@@ -275,7 +276,13 @@ def cmd_push(args: argparse.Namespace, settings: Settings, interrupts: _Interrup
 
 
 def cmd_url(args: argparse.Namespace, settings: Settings, interrupts: _Interrupts) -> int:
-    print(launcher.totp_url(settings, args.identifier))
+    """A URL for an identifier the store does not hold would only ever answer 404: say so instead."""
+    url = launcher.totp_url(settings, args.identifier)
+    if settings.launcher.code_source == "local":
+        with bootstrap.open_store(settings) as store:
+            if not store.has_secret(args.identifier):
+                raise SecretNotFound(normalize_identifier(args.identifier))
+    print(url)
     return 0
 
 
