@@ -108,9 +108,12 @@ def test_add_refuses_with_specific_messages(store_ready: Path, run_cli) -> None:
         (["--secret", B32, "--period", "0"], "period must be"),
         (["--secret", B32, "--uri", f"otpauth://totp/x?secret={B32}"], "exactly one of"),
         (["--secret", B32, "--allow-agent", "not-an-agent"], "is not an agent id"),
+        (["--uri", f"otpauth://totp/x?secret={B32}", "--digits", "8"], "--digits only apply to a bare base32"),
+        (["--stdin", "--period", "60", "--algorithm", "SHA256"], "--algorithm and --period only apply"),
     ]
     for extra, message in cases:
-        result = run_cli("secret", "add", "someone", *extra, stdin="")
+        stdin = f"otpauth://totp/x?secret={B32}\n" if "--period" in extra and "--stdin" in extra else ""
+        result = run_cli("secret", "add", "someone", *extra, stdin=stdin)
         assert result.code != 0, extra
         assert message in result.err, (extra, result.err)
         assert result.err.count("\n") == 1 and "Traceback" not in result.err

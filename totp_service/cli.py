@@ -85,15 +85,17 @@ def _spec_from_args(args: argparse.Namespace) -> otp.TotpSpec:
     sources = [s for s in ("uri", "secret", "stdin", "qr") if getattr(args, s)]
     if len(sources) != 1:
         raise UsageError("give exactly one of --uri, --secret, --stdin, --qr")
-    params = {"algorithm": args.algorithm, "digits": args.digits, "period": args.period}
-    if args.uri:
-        return otp.parse_uri(args.uri)
+    # only the flags given: a URI carries its own parameters, and silently ignoring `--digits 8`
+    # next to one would store a secret whose codes the site never accepts
+    params = {name: value for name in ("algorithm", "digits", "period")
+              if (value := getattr(args, name)) is not None}
     if args.secret:
         return otp.spec_from_base32(args.secret, **params)
-    if args.qr:
-        return otp.parse_any(read_qr_text(Path(args.qr)))
-    text = sys.stdin.read()
-    return otp.parse_any(text, **params)
+    text = args.uri or (read_qr_text(Path(args.qr)) if args.qr else sys.stdin.read())
+    if params and text.strip().lower().startswith("otpauth"):
+        given = " and ".join(f"--{name}" for name in params)
+        raise UsageError(f"{given} only apply to a bare base32 secret: an otpauth URI carries its own parameters")
+    return otp.parse_uri(text) if args.uri else otp.parse_any(text, **params)
 
 
 def _meta_line(meta: SecretMeta) -> str:
@@ -231,9 +233,9 @@ def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--secret", help="a base32 secret (prefer --stdin: it stays out of shell history)")
     add.add_argument("--stdin", action="store_true", help="read a URI or base32 secret from standard input")
     add.add_argument("--qr", metavar="IMAGE", help="a screenshot of the QR code (extra: totp-service[qr])")
-    add.add_argument("--algorithm", default="SHA1", help="SHA1, SHA256 or SHA512 (with --secret/--stdin)")
-    add.add_argument("--digits", type=int, default=6, help="6, 7 or 8 (with --secret/--stdin)")
-    add.add_argument("--period", type=int, default=30, help="seconds per code (with --secret/--stdin)")
+    add.add_argument("--algorithm", help="SHA1 (default), SHA256 or SHA512 (with a bare base32 secret)")
+    add.add_argument("--digits", type=int, help="6 (default), 7 or 8 (with a bare base32 secret)")
+    add.add_argument("--period", type=int, help="seconds per code, default 30 (with a bare base32 secret)")
     add.add_argument("--allow-agent", action="append", metavar="WPID", help="only this agent may get codes")
     add.add_argument("--min-validity", type=float, metavar="SECONDS", help="override codes.min_validity_seconds")
     add.add_argument("--replace", action="store_true", help="overwrite an existing secret")
