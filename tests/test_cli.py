@@ -161,6 +161,8 @@ def test_show_remove_and_unknown(store_ready: Path, run_cli) -> None:
     shown = json.loads(run_cli("secret", "show", "erin", "--json").out)
     assert shown["allowed_agents"] == ["wpid_123"] and "secret" not in shown
     assert run_cli("secret", "remove", "erin").code == 0
+    run_cli("secret", "add", "Erin@Example.com", "--secret", B32)
+    assert run_cli("secret", "remove", " ERIN@example.COM").out == "removed erin@example.com\n"
     gone = run_cli("code", "erin")
     assert gone.code == 1 and gone.err.strip() == "totp-service: error: no secret for 'erin'"
 
@@ -231,3 +233,29 @@ def test_module_entry_point_runs_as_a_subprocess(tmp_path: Path) -> None:
     assert result.returncode == 0 and len(result.stdout.split()[0]) == 6 and result.stdout.split()[0].isdigit()
     bad = run("secret", "add", "x", "--uri", "otpauth://totp/x?secret=***")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_audit_command_filters(store_ready: Path, run_cli) -> None:
+    from totp_service import bootstrap
+    from totp_service.config import load_settings
+    from totp_service.store import AuditEntry
+
+    with bootstrap.open_store(load_settings()) as store:
+        store.write_audit([
+            (AuditEntry("served", identifier="alice@example.com", task_id="tsk_old", at=1_000_000.0), None),
+            (AuditEntry("served", identifier="alice@example.com", task_id="tsk_new", at=2_000_000.0), None),
+            (AuditEntry("refused:agent_not_allowed", identifier="bob", workflow_permanent_id="wpid_x",
+                        at=2_000_001.0), None),
+        ])
+    since_iso = "1970-01-12T00:00:00Z"  # before the oldest row (1,000,000 s is 1970-01-12T13:46:40Z)
+    rows = json.loads(run_cli("audit", "--identifier", " ALICE@example.com", "--json").out)
+    assert [r["task_id"] for r in rows] == ["tsk_new", "tsk_old"] and rows[0]["at_iso"] == "1970-01-24T03:33:20Z"
+    rows = json.loads(run_cli("audit", "--since", "1970-01-20T00:00:00", "--json").out)  # no zone: UTC
+    assert [r["task_id"] or r["identifier"] for r in rows] == ["bob", "tsk_new"]
+    assert len(json.loads(run_cli("audit", "--since", since_iso, "--json").out)) == 3
+    assert len(json.loads(run_cli("audit", "--since", "1500000", "--limit", "1", "--json").out)) == 1
+    text = run_cli("audit", "--identifier", "bob").out.splitlines()
+    assert text == ["1970-01-24T03:33:21Z  refused:agent_not_allowed    bob  agent=wpid_x"]
+    assert run_cli("audit", "--identifier", "nobody").out == "no audit entries\n"
+    bad = run_cli("audit", "--limit", "0")
+    assert bad.code == 2 and bad.err == "totp-service: error: --limit must be between 1 and 100000\n"

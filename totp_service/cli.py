@@ -19,7 +19,7 @@ from typing import Any
 from totp_service import bootstrap, crypto, otp
 from totp_service.config import ConfigError, Settings, load_settings
 from totp_service.qr import QrError, read_qr_text
-from totp_service.store import SecretMeta, Store, StoreError, check_identifier
+from totp_service.store import SecretMeta, Store, StoreError, check_identifier, normalize_identifier
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -201,7 +201,7 @@ def cmd_secret_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_secret_remove(args: argparse.Namespace, settings: Settings) -> int:
     with bootstrap.open_store(settings) as store:
         store.remove_secret(args.identifier)
-    print(f"removed {args.identifier}")
+    print(f"removed {normalize_identifier(args.identifier)}")
     return 0
 
 
