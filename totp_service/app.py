@@ -4,12 +4,19 @@
 ties the audit writer to the app's lifespan. Pull requests go straight to a bare ASGI handler
 (pull_http.py): the framework's routing and middleware would cost half the throughput there.
 Everything else is ordinary Starlette routes.
+
+Proxy headers: `serve` runs uvicorn with proxy_headers off, and the app applies uvicorn's rules
+itself (X-Forwarded-For / -Proto from a peer in FORWARDED_ALLOW_IPS, default 127.0.0.1): the pull
+handler in its one pass over the headers, everything else through ProxyHeadersMiddleware. So the
+audit trail still names the client behind a local TLS proxy, without a middleware layer around
+every pull. Under a server that applies them too (uvicorn's default) the result is the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from totp_service import bootstrap
 from totp_service.admin import admin_routes
@@ -99,11 +107,13 @@ async def _pull_via_router(request: Request) -> Response:  # pragma: no cover - 
 class TotpApp(Starlette):
     """Starlette, with Skyvern's pulls answered before the framework's stack."""
 
+    behind_proxy: Any = None  # Starlette.__call__ inside ProxyHeadersMiddleware, set by create_app
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and is_pull(scope):
             await handle_pull(self.state.service, scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        await self.behind_proxy(scope, receive, send)
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
@@ -137,4 +147,6 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                   exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.router.redirect_slashes = False  # never redirect: Skyvern would drop the signature
     app.state.service = state
+    app.behind_proxy = ProxyHeadersMiddleware(functools.partial(Starlette.__call__, app),
+                                              state.forwarded_allow_ips)  # type: ignore[arg-type]
     return app

@@ -20,12 +20,30 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple, Union
 
 from totp_service.store import AuditEntry
 
+
+class AuditRow(NamedTuple):
+    """An audit row as the pull endpoint queues it: the fields `Store.write_audit` reads from an
+    AuditEntry, as a tuple (a dataclass with a default factory cost measurably more per request)."""
+
+    at: float
+    identifier: str | None
+    task_id: str | None
+    workflow_run_id: str | None
+    workflow_permanent_id: str | None
+    client: str | None
+    route: str | None
+    outcome: str
+    detail: str | None
+
+
 log = logging.getLogger("totp_service.audit")
-WriteFn = Callable[[Sequence[tuple[AuditEntry, "tuple[str, int] | None"]]], list[bool]]
-_Pending = tuple[AuditEntry, "tuple[str, int] | None", "asyncio.Future[bool]"]
+Row = Union[AuditEntry, AuditRow]
+WriteFn = Callable[[Sequence[tuple[Row, "tuple[str, int] | None"]]], list[bool]]
+_Pending = tuple[Row, "tuple[str, int] | None", "asyncio.Future[bool]"]
 
 
 class AuditUnavailable(Exception):
@@ -45,6 +63,7 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.rows = 0
 
@@ -53,6 +72,7 @@ class AuditWriter:
         return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()  # kept: one lookup per start, not per request
         self._wakeup = asyncio.Event()
         if self._in_thread:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
@@ -69,11 +89,12 @@ class AuditWriter:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    async def submit(self, entry: AuditEntry, claim: tuple[str, int] | None = None) -> bool:
+    async def submit(self, entry: Row, claim: tuple[str, int] | None = None) -> bool:
         """Resolve once `entry` (and `claim`) is committed; True when the claim was new (or none given)."""
-        if self._closing or not self.running or self._wakeup is None:
+        task = self._task
+        if self._closing or task is None or task.done() or self._wakeup is None:
             raise AuditUnavailable()
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = self._loop.create_future()  # type: ignore[union-attr]
         self._pending.append((entry, claim, future))
         self._wakeup.set()
         return await future

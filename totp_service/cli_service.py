@@ -102,7 +102,8 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     server = settings.server
     options: dict[str, Any] = dict(host=server.host, port=server.port, log_config=None,
                                    access_log=server.access_log, server_header=False, lifespan="on",
-                                   timeout_graceful_shutdown=5)
+                                   timeout_graceful_shutdown=5,
+                                   proxy_headers=False)  # the app applies them (app.py)
     if server.tls_cert:
         options.update(ssl_certfile=server.tls_cert, ssl_keyfile=server.tls_key)
     return options

@@ -11,22 +11,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from totp_service import signing
-from totp_service.audit_writer import AuditUnavailable
+from totp_service.audit_writer import AuditRow, AuditUnavailable
 from totp_service.crypto import CryptoError
-from totp_service.pull import UnknownIdentifier, check_agent, parse_pull_body, plan, resolve_identifier
+from totp_service.pull import PullBody, UnknownIdentifier, check_agent, parse_pull_body, plan, resolve_identifier
 from totp_service.state import ServiceState
-from totp_service.store import AuditEntry, SecretNotFound, normalize_identifier
-from totp_service.web import ApiError, BodyTooLarge, Unauthorized, Unavailable, parse_json_object
+from totp_service.store import SecretNotFound, normalize_identifier
+from totp_service.web import ApiError, BadRequest, BodyTooLarge, Unauthorized, Unavailable
 
 WINDOW_MARGIN_SECONDS = 0.002  # wake just after a window opens, never just before
 _JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 _SIGNATURE = signing.SIGNATURE_HEADER.encode("ascii")
 _TIMESTAMP = signing.TIMESTAMP_HEADER.encode("ascii")
 _EMPTY = b'{"verification_code":""}'
+_loads = json.loads
 
 
 class ServerFault(ApiError):
@@ -45,20 +45,18 @@ class _ClientGone(Exception):
     """The client disconnected before its body arrived: there is no one to answer."""
 
 
-@dataclass
 class _Trail:
-    """What the audit row of one pull will say."""
+    """What the audit row of one pull will say (slots: one small object per request)."""
 
-    identifier: str | None
-    client: str | None
-    route: str
-    task_id: str | None = None
-    workflow_run_id: str | None = None
-    workflow_permanent_id: str | None = None
+    __slots__ = ("identifier", "client", "route", "task_id", "workflow_run_id", "workflow_permanent_id")
 
-    def entry(self, outcome: str, detail: str | None = None) -> AuditEntry:
-        return AuditEntry(outcome, self.identifier, self.task_id, self.workflow_run_id, self.workflow_permanent_id,
-                          self.client, self.route, detail)
+    def __init__(self, identifier: str | None, client: str | None, route: str) -> None:
+        self.identifier, self.client, self.route = identifier, client, route
+        self.task_id = self.workflow_run_id = self.workflow_permanent_id = None
+
+    def entry(self, outcome: str, detail: str | None = None) -> AuditRow:
+        return AuditRow(time.time(), self.identifier, self.task_id, self.workflow_run_id,
+                        self.workflow_permanent_id, self.client, self.route, outcome, detail)
 
 
 def is_pull(scope: dict[str, Any]) -> bool:
@@ -99,21 +97,46 @@ def _error_body(reason: str, message: str) -> bytes:
 
 async def _answer(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode("ascii"))]})
+                "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(body))]})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> tuple[bytes, dict[bytes, bytes]]:
-    """The raw body (413 as soon as it passes `limit`), and the two Skyvern headers."""
-    wanted: dict[bytes, bytes] = {}
+async def _read_body(state: ServiceState, scope: dict[str, Any], receive: Any, limit: int,
+                     trail: _Trail) -> tuple[bytes, bytes | None, bytes | None]:
+    """The raw body (413 as soon as it passes `limit`), and the two Skyvern headers.
+
+    `X-Forwarded-For` is collected in the same pass: from a trusted peer only, the audit row then
+    names the client behind the proxy (ServiceState.forwarded_client, uvicorn's rules).
+    """
+    signature = timestamp = None
+    forwarded: list[bytes] | None = None
     for name, value in scope["headers"]:
         if name == b"content-length":
             if value.isdigit() and int(value) > limit:
                 raise BodyTooLarge(f"the body is larger than {limit} bytes")
-        elif name == _SIGNATURE or name == _TIMESTAMP:
-            wanted[name] = value
-    chunks: list[bytes] = []
-    size = 0
+        elif name == _SIGNATURE:
+            signature = value
+        elif name == _TIMESTAMP:
+            timestamp = value
+        elif name == b"x-forwarded-for":
+            if forwarded is None:
+                forwarded = [value]
+            else:
+                forwarded.append(value)
+    if forwarded is not None and trail.client is not None:
+        address = state.forwarded_client(trail.client, forwarded)
+        if address:
+            trail.client = address
+    message = await receive()
+    if message["type"] != "http.request":
+        raise _ClientGone()
+    raw = message.get("body", b"")
+    if len(raw) > limit:
+        raise BodyTooLarge(f"the body is larger than {limit} bytes")
+    if not message.get("more_body", False):
+        return raw, signature, timestamp
+    chunks = [raw]
+    size = len(raw)
     while True:
         message = await receive()
         if message["type"] != "http.request":
@@ -124,39 +147,52 @@ async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> tuple[b
             raise BodyTooLarge(f"the body is larger than {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks), wanted
+            return b"".join(chunks), signature, timestamp
 
 
-def _check_signature(state: ServiceState, raw: bytes, headers: dict[bytes, bytes]) -> None:
+def _check_signature(state: ServiceState, raw: bytes, given: bytes | None, timestamp: bytes | None) -> None:
     server = state.settings.server
-    given = headers.get(_SIGNATURE)
     signature = given.decode("latin-1") if given else None
     if server.allow_unsigned and (not signature or not state.signing_keys):
         return
     if not signature:
         raise BadSignature(f"missing {signing.SIGNATURE_HEADER} header")
-    if not signing.verify(raw, signature, state.signing_keys):
+    if not state.verify_signature(raw, signature):
         raise BadSignature(f"{signing.SIGNATURE_HEADER} does not match the body under any configured key")
     skew = server.max_timestamp_skew_seconds
     if skew is not None:
         try:
-            off = abs(time.time() - float(headers.get(_TIMESTAMP, b"")))
+            off = abs(time.time() - float(timestamp or b""))
         except ValueError:
             raise StaleTimestamp(f"missing or malformed {signing.TIMESTAMP_HEADER} header") from None
         if not off <= skew:
             raise StaleTimestamp(f"{signing.TIMESTAMP_HEADER} is more than {skew:g} s off this server's clock")
 
 
+def _parse_body(raw: bytes) -> PullBody:
+    """parse_json_object + parse_pull_body in one step (same rules, same messages)."""
+    try:
+        data = _loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return parse_pull_body(data)
+
+
 async def _pull(state: ServiceState, scope: dict[str, Any], receive: Any, path_identifier: str | None,
                 trail: _Trail) -> tuple[int, bytes]:
     settings = state.settings
-    raw, headers = await _read_body(scope, receive, settings.server.max_body_bytes)
-    _check_signature(state, raw, headers)
-    body = parse_pull_body(parse_json_object(raw))
+    raw, signature, timestamp = await _read_body(state, scope, receive, settings.server.max_body_bytes, trail)
+    _check_signature(state, raw, signature, timestamp)
+    body = _parse_body(raw)
     trail.task_id, trail.workflow_run_id, trail.workflow_permanent_id = (
         body.task_id, body.workflow_run_id, body.workflow_permanent_id)
-    resolution = resolve_identifier(path_identifier, body, state.find_run, state.find_agent)
-    identifier = normalize_identifier(resolution.identifier)
+    if path_identifier:
+        identifier = state.normalize(path_identifier)
+    else:
+        identifier = normalize_identifier(
+            resolve_identifier(path_identifier, body, state.find_run, state.find_agent).identifier)
     trail.identifier = identifier
     try:
         cached = state.secret(identifier)
@@ -169,11 +205,11 @@ async def _pull(state: ServiceState, scope: dict[str, Any], receive: Any, path_i
 
     codes = settings.codes
     min_validity = codes.min_validity_seconds if meta.min_validity_seconds is None else meta.min_validity_seconds
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    clock = time.monotonic
+    started = clock()
     while True:
         now = time.time()
-        budget = max(0.0, codes.max_hold_seconds - (loop.time() - started))
+        budget = max(0.0, codes.max_hold_seconds - (clock() - started))
         decision = plan(spec.period, now, min_validity, budget, state.taken(identifier) if codes.single_use else ())
         if decision.counter is None:
             await state.audit.submit(trail.entry("empty", f"no fresh code within {codes.max_hold_seconds:g} s"))
@@ -186,12 +222,13 @@ async def _pull(state: ServiceState, scope: dict[str, Any], receive: Any, path_i
         if decision.wait > 0:
             await asyncio.sleep(decision.wait + WINDOW_MARGIN_SECONDS)
         try:
-            fresh = await state.audit.submit(trail.entry("served", f"window {counter}"), claim)
+            fresh = await state.audit.submit(trail.entry("served", "window %d" % counter), claim)
         except AuditUnavailable:
             if claim:
                 state.release(identifier, counter)
             raise
         if fresh:
-            state.metrics.served(loop.time() - started)
+            state.metrics.served(clock() - started)
             return 200, cached.pull_answer(counter)
         # the database says this window's code went out before (e.g. before a restart): take the next
+

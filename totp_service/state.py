@@ -12,8 +12,12 @@ claim (in the audit transaction) stays the authority.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
 import time
+
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from totp_service import otp
 from totp_service.audit_writer import AuditWriter
@@ -25,6 +29,7 @@ from totp_service.web import iso_utc
 
 REVALIDATE_SECONDS = 0.05
 CACHE_MAX_ENTRIES = 10_000
+NORMALIZED_MAX_ENTRIES = 10_000
 
 
 class CachedSecret:
@@ -57,6 +62,11 @@ class ServiceState:
         self.metrics = Metrics()
         self.audit = AuditWriter(store.write_audit)
         self.signing_keys = list(settings.skyvern.signing_keys)
+        self._signing_keys = [k.encode("utf-8") for k in self.signing_keys]
+        # uvicorn's own default: FORWARDED_ALLOW_IPS, else 127.0.0.1 (see forwarded_client)
+        self.forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+        self.trusted_proxies = ProxyHeadersMiddleware(None, self.forwarded_allow_ips)  # type: ignore[arg-type]
+        self._normalized: dict[str, str] = {}
         self._tokens = {role: [t.encode("utf-8") for t in settings.tokens_for(role)] for role in ("admin", "reader")}
         self._secrets: dict[str, CachedSecret] = {}
         self._secrets_version = -1
@@ -91,6 +101,40 @@ class ServiceState:
         identifier = normalize_identifier(identifier)
         self._secrets.pop(identifier, None)
         self._claims.pop(identifier, None)
+
+    def normalize(self, identifier: str) -> str:
+        """normalize_identifier, remembered (bounded): a regex match per pull showed in the profile."""
+        found = self._normalized.get(identifier)
+        if found is None:
+            if len(self._normalized) >= NORMALIZED_MAX_ENTRIES:
+                self._normalized.clear()
+            found = self._normalized[identifier] = normalize_identifier(identifier)
+        return found
+
+    # --- request checks --------------------------------------------------------------------
+
+    def verify_signature(self, raw: bytes, signature: str) -> bool:
+        """signing.verify with the keys encoded once and one-shot `hmac.digest` (no HMAC object per
+        request); same rules: every key tried, no early exit, constant-time comparison."""
+        given = signature.strip().lower().encode("ascii", "replace")
+        matched = False
+        for key in self._signing_keys:
+            matched |= hmac.compare_digest(hmac.digest(key, raw, "sha256").hex().encode("ascii"), given)
+        return matched
+
+    def forwarded_client(self, peer: str, forwarded_for: list[bytes]) -> str | None:
+        """The client address behind a trusted proxy, by uvicorn's ProxyHeadersMiddleware rules.
+
+        Why here and not uvicorn's middleware: it wrapped every request in one more coroutine for
+        a header that only a proxy sends. The audit trail still names the real client behind a
+        local TLS proxy (the set-up the start-up warning recommends), and only a peer listed in
+        FORWARDED_ALLOW_IPS (default 127.0.0.1, as uvicorn's) may say who the client was.
+        """
+        trusted = self.trusted_proxies.trusted_hosts
+        if peer not in trusted:
+            return None
+        host, _ = trusted.get_trusted_client_address(b", ".join(forwarded_for).decode("latin-1"))
+        return host or None
 
     # --- bindings --------------------------------------------------------------------------
 
