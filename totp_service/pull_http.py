@@ -153,11 +153,11 @@ async def _read_body(state: ServiceState, scope: dict[str, Any], receive: Any, l
 def _check_signature(state: ServiceState, raw: bytes, given: bytes | None, timestamp: bytes | None) -> None:
     server = state.settings.server
     signature = given.decode("latin-1") if given else None
-    if server.allow_unsigned and (not signature or not state.signing_keys):
+    if server.allow_unsigned and (not signature or not state.signatures):
         return
     if not signature:
         raise BadSignature(f"missing {signing.SIGNATURE_HEADER} header")
-    if not state.verify_signature(raw, signature):
+    if not state.signatures.verify(raw, signature):
         raise BadSignature(f"{signing.SIGNATURE_HEADER} does not match the body under any configured key")
     skew = server.max_timestamp_skew_seconds
     if skew is not None:

@@ -21,16 +21,32 @@ def sign(body: bytes, api_key: str) -> str:
     return hmac.new(api_key.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
-def verify(body: bytes, signature: str | None, api_keys: Iterable[str]) -> bool:
-    """True when the signature matches the body under any of the keys.
+class SignatureVerifier:
+    """Checks signatures against several keys (rotation, several organisations).
 
-    Every key is tried (no early exit) so timing does not reveal which key, if any, matched.
+    Keys are encoded once; every key is tried with no early exit, and each comparison is
+    constant-time, so timing tells neither whether nor which key matched.
     """
-    if not signature:
-        return False
-    given = signature.strip().lower().encode("ascii", "replace")
-    matched = False
-    for key in api_keys:
-        expected = sign(body, key).encode("ascii")
-        matched |= hmac.compare_digest(expected, given)
-    return matched
+
+    def __init__(self, api_keys: Iterable[str]) -> None:
+        self._keys = [key.encode("utf-8") for key in api_keys if key]
+
+    def __repr__(self) -> str:
+        return f"<SignatureVerifier {len(self._keys)} key(s)>"
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def verify(self, body: bytes, signature: str | None) -> bool:
+        if not signature:
+            return False
+        given = signature.strip().lower().encode("ascii", "replace")
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(hmac.digest(key, body, "sha256").hex().encode("ascii"), given)
+        return matched
+
+
+def verify(body: bytes, signature: str | None, api_keys: Iterable[str]) -> bool:
+    """True when the signature matches the body under any of the keys."""
+    return SignatureVerifier(api_keys).verify(body, signature)

@@ -19,7 +19,7 @@ import time
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from totp_service import otp
+from totp_service import otp, signing
 from totp_service.audit_writer import AuditWriter
 from totp_service.config import Settings
 from totp_service.metrics import Metrics
@@ -61,8 +61,7 @@ class ServiceState:
         self.owns_store = owns_store
         self.metrics = Metrics()
         self.audit = AuditWriter(store.write_audit)
-        self.signing_keys = list(settings.skyvern.signing_keys)
-        self._signing_keys = [k.encode("utf-8") for k in self.signing_keys]
+        self.signatures = signing.SignatureVerifier(settings.skyvern.signing_keys)
         # uvicorn's own default: FORWARDED_ALLOW_IPS, else 127.0.0.1 (see forwarded_client)
         self.forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
         self.trusted_proxies = ProxyHeadersMiddleware(None, self.forwarded_allow_ips)  # type: ignore[arg-type]
@@ -112,15 +111,6 @@ class ServiceState:
         return found
 
     # --- request checks --------------------------------------------------------------------
-
-    def verify_signature(self, raw: bytes, signature: str) -> bool:
-        """signing.verify with the keys encoded once and one-shot `hmac.digest` (no HMAC object per
-        request); same rules: every key tried, no early exit, constant-time comparison."""
-        given = signature.strip().lower().encode("ascii", "replace")
-        matched = False
-        for key in self._signing_keys:
-            matched |= hmac.compare_digest(hmac.digest(key, raw, "sha256").hex().encode("ascii"), given)
-        return matched
 
     def forwarded_client(self, peer: str, forwarded_for: list[bytes]) -> str | None:
         """The client address behind a trusted proxy, by uvicorn's ProxyHeadersMiddleware rules.
