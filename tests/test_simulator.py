@@ -143,6 +143,7 @@ def test_push_only_counts_codes_after_started_at() -> None:
         assert pushed.status_code == 200 and pushed.json()["totp_identifier"] == "alice@example.com"
         assert state.wait_for_run(early["run_id"])["status"] == "timed_out"
 
+        fresh_code(min_left=10)  # so the push below never waits past the 1 s code_wait_timeout
         late = start_agent(base, totp_identifier="alice@example.com")
         state.wait_for_run(late["run_id"], {"running"})
         code = fresh_code()
