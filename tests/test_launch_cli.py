@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,20 +188,26 @@ def test_interrupt_cancels_the_run_and_exits_130(tmp_path: Path, sig: signal.Sig
     with simulator(queue_delay=60) as sim:
         sim.state.add_secret(SECRET, period=PERIOD, agent_id=AGENT)
         env = make_env(tmp_path, sim)
-        proc = cli_process(env, "launch", AGENT, "--identifier", IDENTIFIER, "--mode", "push")
-        try:
-            # the run exists and the follower has started (it pushed at creation, or read the status)
-            wait_until(lambda: sim.state.list_runs() and sim.requests("/v1/runs/"), timeout=20, what="following")
-            proc.send_signal(sig)
-            out, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 130, err
+        # the run exists and the follower has started (it pushed at creation, or read the status)
+        err = _interrupt_push_launch(env, sig, lambda: sim.state.list_runs() and sim.requests("/v1/runs/"))
         runs = sim.state.list_runs()
         assert len(runs) == 1 and runs[0]["status"] == "canceled"
         assert len(sim.requests(f"/v1/runs/{runs[0]['run_id']}/cancel")) == 1
     assert "canceled" in err and "Traceback" not in err
+
+
+def _interrupt_push_launch(env: dict[str, str], sig: signal.Signals, ready: Callable[[], object]) -> str:
+    """Start `launch --mode push`, send `sig` once `ready()` holds, expect exit 130; return stderr."""
+    proc = cli_process(env, "launch", AGENT, "--identifier", IDENTIFIER, "--mode", "push")
+    try:
+        wait_until(ready, timeout=20, what="the launch to reach the point of interruption")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    return err
 
 
 def test_live_status_line_on_a_tty() -> None:
@@ -220,15 +226,7 @@ def test_interrupt_while_the_run_is_being_created_still_cancels_it(tmp_path: Pat
         sim.state.add_secret(SECRET, period=PERIOD, agent_id=AGENT)
         sim.state.add_fault("/v1/run/agents", None, 1, delay=1.5)  # a slow start request
         env = make_env(tmp_path, sim)
-        proc = cli_process(env, "launch", AGENT, "--identifier", IDENTIFIER, "--mode", "push")
-        try:
-            wait_until(lambda: sim.requests("/v1/run/agents"), timeout=20, what="the start request")
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 130, err
+        err = _interrupt_push_launch(env, signal.SIGINT, lambda: sim.requests("/v1/run/agents"))
         runs = sim.state.list_runs()
         assert len(runs) == 1 and runs[0]["status"] == "canceled"
     assert "as soon as the run id is known" in err
