@@ -27,6 +27,7 @@ from totp_service import bootstrap
 from totp_service.app import create_app
 from totp_service.cli import UsageError
 from totp_service.config import Settings
+from totp_service.pull_protocol import PullProtocol
 from totp_service.store import AuditEntry, Store
 from totp_service.tls import check_tls_files
 
@@ -103,7 +104,8 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = dict(host=server.host, port=server.port, log_config=None,
                                    access_log=server.access_log, server_header=False, lifespan="on",
                                    timeout_graceful_shutdown=5,
-                                   proxy_headers=False)  # the app applies them (app.py)
+                                   proxy_headers=False,  # the app applies them (app.py)
+                                   http=PullProtocol)  # pulls answered without ASGI, the rest by uvicorn
     if server.tls_cert:
         options.update(ssl_certfile=server.tls_cert, ssl_keyfile=server.tls_key)
     return options

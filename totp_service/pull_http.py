@@ -45,14 +45,22 @@ class _ClientGone(Exception):
     """The client disconnected before its body arrived: there is no one to answer."""
 
 
-class _Trail:
+class Trail:
     """What the audit row of one pull will say (slots: one small object per request)."""
 
-    __slots__ = ("identifier", "client", "route", "task_id", "workflow_run_id", "workflow_permanent_id")
+    __slots__ = ("identifier", "client", "route", "path_identifier", "task_id", "workflow_run_id",
+                 "workflow_permanent_id")
 
-    def __init__(self, identifier: str | None, client: str | None, route: str) -> None:
-        self.identifier, self.client, self.route = identifier, client, route
+    def __init__(self, identifier: str | None, client: str | None, route: str, path_identifier: str | None) -> None:
+        self.identifier, self.client, self.route, self.path_identifier = identifier, client, route, path_identifier
         self.task_id = self.workflow_run_id = self.workflow_permanent_id = None
+
+    def forwarded_by(self, state: ServiceState, forwarded_for: list[bytes]) -> None:
+        """Name the client behind a trusted proxy (ServiceState.forwarded_client, uvicorn's rules)."""
+        if self.client is not None:
+            address = state.forwarded_client(self.client, forwarded_for)
+            if address:
+                self.client = address
 
     def entry(self, outcome: str, detail: str | None = None) -> AuditRow:
         return AuditRow(time.time(), self.identifier, self.task_id, self.workflow_run_id,
@@ -60,39 +68,69 @@ class _Trail:
 
 
 def is_pull(scope: dict[str, Any]) -> bool:
-    path = scope["path"]
-    return scope["method"] == "POST" and (path == "/totp" or path.startswith("/totp/"))
+    return scope["method"] == "POST" and is_pull_path(scope["path"])
+
+
+def is_pull_path(path: str) -> bool:
+    return path == "/totp" or path.startswith("/totp/")
+
+
+def new_trail(path: str, client: str | None) -> Trail:
+    """The audit trail of a pull to `path` (a decoded path for which is_pull_path holds)."""
+    path_identifier = path[6:]
+    return Trail(path_identifier[:512] if path_identifier else None, client,
+                  "pull" if path_identifier else "pull_bound", path_identifier or None)
 
 
 async def handle_pull(state: ServiceState, scope: dict[str, Any], receive: Any, send: Any) -> None:
-    path_identifier = scope["path"][6:] or None
+    """The ASGI form (any ASGI server; serve's own protocol answers pulls in pull_protocol.py)."""
     client = scope.get("client")
-    trail = _Trail(path_identifier[:512] if path_identifier else None, client[0] if client else None,
-                   "pull" if path_identifier else "pull_bound")
+    trail = new_trail(scope["path"], client[0] if client else None)
+    try:
+        raw, signature, timestamp = await _read_body(state, scope, receive, state.settings.server.max_body_bytes,
+                                                     trail)
+    except _ClientGone:
+        return
+    except BodyTooLarge as exc:
+        status, body = await answer(state, trail, b"", None, None, refusal=exc)
+    else:
+        try:
+            status, body = await answer(state, trail, raw, signature, timestamp)
+        except Exception:  # never a traceback or a default HTML page to Skyvern
+            await _answer(send, ServerFault.status, SERVER_FAULT_BODY)
+            state.metrics.request(trail.route, ServerFault.status)
+            raise
+    await _answer(send, status, body)
+    state.metrics.request(trail.route, status)
+
+
+async def answer(state: ServiceState, trail: Trail, raw: bytes, signature: bytes | None, timestamp: bytes | None,
+                 *, refusal: ApiError | None = None) -> tuple[int, bytes]:
+    """Status and JSON body for one pull, after its audit row is committed.
+
+    `refusal`: the request was refused before its body could be read (too large); it is
+    audited like any other refusal. Only an unexpected fault escapes (the caller answers 500).
+    """
     try:
         try:
-            status, body = await _pull(state, scope, receive, path_identifier, trail)
+            if refusal is not None:
+                raise refusal
+            return await _pull(state, trail, raw, signature, timestamp)
         except ApiError as exc:
             state.metrics.refused(exc.reason)
             await state.audit.submit(trail.entry(f"refused:{exc.reason}", exc.message[:200]))
-            status, body = exc.status, _error_body(exc.reason, exc.message)
-    except _ClientGone:
-        return
+            return exc.status, _error_body(exc.reason, exc.message)
     except AuditUnavailable as exc:
         state.metrics.refused("audit_unavailable")
-        status, body = Unavailable.status, _error_body(Unavailable.reason, str(exc))
-    except Exception:  # never a traceback or a default HTML page to Skyvern
-        status, body = ServerFault.status, _error_body(ServerFault.reason, "internal error")
-        await _answer(send, status, body)
-        state.metrics.request(trail.route, status)
-        raise
-    await _answer(send, status, body)
-    state.metrics.request(trail.route, status)
+        return Unavailable.status, _error_body(Unavailable.reason, str(exc))
 
 
 def _error_body(reason: str, message: str) -> bytes:
     data = {"error": reason, "detail": message}
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+SERVER_FAULT_BODY = _error_body(ServerFault.reason, "internal error")
 
 
 async def _answer(send: Any, status: int, body: bytes) -> None:
@@ -102,7 +140,7 @@ async def _answer(send: Any, status: int, body: bytes) -> None:
 
 
 async def _read_body(state: ServiceState, scope: dict[str, Any], receive: Any, limit: int,
-                     trail: _Trail) -> tuple[bytes, bytes | None, bytes | None]:
+                     trail: Trail) -> tuple[bytes, bytes | None, bytes | None]:
     """The raw body (413 as soon as it passes `limit`), and the two Skyvern headers.
 
     `X-Forwarded-For` is collected in the same pass: from a trusted peer only, the audit row then
@@ -123,10 +161,8 @@ async def _read_body(state: ServiceState, scope: dict[str, Any], receive: Any, l
                 forwarded = [value]
             else:
                 forwarded.append(value)
-    if forwarded is not None and trail.client is not None:
-        address = state.forwarded_client(trail.client, forwarded)
-        if address:
-            trail.client = address
+    if forwarded is not None:
+        trail.forwarded_by(state, forwarded)
     message = await receive()
     if message["type"] != "http.request":
         raise _ClientGone()
@@ -180,10 +216,10 @@ def _parse_body(raw: bytes) -> PullBody:
     return parse_pull_body(data)
 
 
-async def _pull(state: ServiceState, scope: dict[str, Any], receive: Any, path_identifier: str | None,
-                trail: _Trail) -> tuple[int, bytes]:
+async def _pull(state: ServiceState, trail: Trail, raw: bytes, signature: bytes | None,
+                timestamp: bytes | None) -> tuple[int, bytes]:
     settings = state.settings
-    raw, signature, timestamp = await _read_body(state, scope, receive, settings.server.max_body_bytes, trail)
+    path_identifier = trail.path_identifier
     _check_signature(state, raw, signature, timestamp)
     body = _parse_body(raw)
     trail.task_id, trail.workflow_run_id, trail.workflow_permanent_id = (

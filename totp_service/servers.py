@@ -11,6 +11,9 @@ from typing import Any
 
 import uvicorn
 
+from totp_service.app import TotpApp
+from totp_service.pull_protocol import PullProtocol
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -29,6 +32,8 @@ def running_server(
 ) -> Iterator[str]:
     """Serve `app` in a background thread; yield its base URL; stop it on exit."""
     port = port or free_port(host)
+    if isinstance(app, TotpApp):
+        options.setdefault("http", PullProtocol)  # as `serve` runs it
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="auto", **options)
     server = _ThreadServer(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
