@@ -63,13 +63,20 @@ class Service:
         return httpx.Client(base_url=self.url, timeout=40, follow_redirects=False)
 
 
+# uvicorn's `http` option for running_service: None = as `serve` runs (pull_protocol.PullProtocol);
+# "httptools" = uvicorn's own protocol, so pulls go through the ASGI handler (pull_http.handle_pull)
+SERVER_PROTOCOL: str | None = None
+
+
 @contextlib.contextmanager
-def running_service(settings: Settings) -> Iterator[Service]:
+def running_service(settings: Settings, **options: Any) -> Iterator[Service]:
     """create_app + uvicorn on 127.0.0.1; the store is opened here so tests can look into it."""
     store = bootstrap.open_store(settings)
+    if SERVER_PROTOCOL:
+        options.setdefault("http", SERVER_PROTOCOL)
     try:
         app = create_app(settings, store)
-        with running_server(app) as url:
+        with running_server(app, **options) as url:
             yield Service(url, store, settings)
     finally:
         store.close()

@@ -11,6 +11,7 @@ import pytest
 
 from totp_service import pull, signing
 from totp_service.pull import Plan, plan
+from tests import helpers_app
 from tests.helpers_app import (
     ADMIN_TOKEN,
     BASE32,
@@ -29,6 +30,14 @@ from tests.helpers_app import (
 
 def _codes_around(base32: str, before: float, after: float, period: int = 30) -> set[str]:
     return {expected_code(base32, before, period), expected_code(base32, after, period)}
+
+
+@pytest.fixture(autouse=True, params=["pull_protocol", "asgi"])
+def server_protocol(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every end-to-end test twice: as `serve` answers pulls, and through the ASGI handler."""
+    if request.param == "asgi":
+        monkeypatch.setattr(helpers_app, "SERVER_PROTOCOL", "httptools")
+    return str(request.param)
 
 
 # --- pure rules (fake clock) --------------------------------------------------------------------

@@ -111,9 +111,12 @@ def test_serve_starts_answers_and_stops_cleanly_without_leaking_codes(store_env:
             bad = client.put("/v1/secrets/carol", headers=bearer(ADMIN_TOKEN), json={"secret": OTHER_BASE32 + "!"})
             assert bad.status_code == 400
             pull(client, "/totp/alice%40example.com", {"task_id": "tsk_1"}, key="wrong")
+        with httpx.Client(base_url=url, timeout=10) as fresh:  # a connection that only pulls: serve's own protocol
+            codes.append(pull(fresh, "/totp/Alice%40example.com", {"task_id": "tsk_1"}).json()["verification_code"])
         assert proc.stop() == 0
     logs = proc.output
-    assert '"POST /totp/alice%40example.com HTTP/1.1" 200' in logs  # access log is on
+    assert '"POST /totp/alice%40example.com HTTP/1.1" 200' in logs  # access log is on (uvicorn's line)
+    assert '"POST /totp/Alice%40example.com HTTP/1.1" 200' in logs  # ... and pull_protocol's
     for secret_text in (BASE32, OTHER_BASE32, SKYVERN_KEY, ADMIN_TOKEN, READER_TOKEN, *codes):
         assert secret_text not in logs
     assert elapsed < 5  # start to first answer (a loose bound for slow CI machines)
@@ -121,7 +124,7 @@ def test_serve_starts_answers_and_stops_cleanly_without_leaking_codes(store_env:
     audit = _cli(store_env, "audit", "--identifier", "alice@example.com", "--json")
     assert audit.returncode == 0, audit.stderr
     rows = json.loads(audit.stdout)
-    assert [r["outcome"] for r in rows] == ["refused:bad_signature", "served", "served", "served"]
+    assert [r["outcome"] for r in rows] == ["served", "refused:bad_signature", "served", "served", "served"]
     text = _cli(store_env, "audit", "--since", "1h", "--limit", "2")
     assert text.returncode == 0 and "refused:bad_signature" in text.stdout and len(text.stdout.splitlines()) == 2
     assert _cli(store_env, "audit", "--since", "soon").returncode == 2
