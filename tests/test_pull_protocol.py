@@ -14,8 +14,15 @@ import httpx
 import pytest
 
 from totp_service import signing
-from tests.helpers_app import SKYVERN_KEY, BASE32, add_secret, expected_code, make_settings, running_service,
-                                wait_for_window_phase
+from tests.helpers_app import (
+    BASE32,
+    SKYVERN_KEY,
+    add_secret,
+    expected_code,
+    make_settings,
+    running_service,
+    wait_for_window_phase,
+)
 
 IDENTIFIER = "alice@example.com"
 
