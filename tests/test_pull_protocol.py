@@ -239,3 +239,36 @@ def test_a_held_pull_is_answered_before_the_server_stops(tmp_path) -> None:
         assert headers["connection"] == "close" and conn.closed_by_server()
     finally:
         conn.close()
+
+
+def test_an_endless_request_head_is_cut_off(service) -> None:
+    conn = RawConnection(service.url)
+    try:
+        conn.send(b"POST /totp/alice%40example.com HTTP/1.1\r\nhost: t\r\n")
+        sent = 0
+        with pytest.raises(OSError):  # the server closes the connection: a later send fails
+            for _ in range(1000):  # 1,000 x 1 KiB of headers, never ending
+                conn.send(b"x-filler: " + b"a" * 1000 + b"\r\n")
+                sent += 1
+                time.sleep(0.0005)
+        assert 60 <= sent < 1000  # cut off after 64 KiB, not at once
+    finally:
+        conn.close()
+
+
+def test_requests_split_into_tiny_reads_are_parsed_whole(service) -> None:
+    conn = RawConnection(service.url)
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        for request in (_pull_bytes(), b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n", _pull_bytes()):
+            before = time.time()
+            for i in range(0, len(request), 7):
+                conn.send(request[i:i + 7])
+                time.sleep(0.001)
+            status, _, body = conn.response()
+            if request.startswith(b"GET"):
+                assert status == 200 and json.loads(body) == {"status": "ok"}
+            else:
+                _assert_code(status, body, before)
+    finally:
+        conn.close()

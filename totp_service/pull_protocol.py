@@ -35,6 +35,7 @@ from totp_service.state import ServiceState
 from totp_service.web import BodyTooLarge
 
 MAX_URL_BYTES = 8192
+MAX_HEAD_BYTES = 65536  # request line and headers; more is refused (400) and the connection closed
 MAX_QUEUED_PULLS = 16  # pipelined pulls waiting on one connection before reading pauses
 _SIGNATURE = b"x-skyvern-signature"
 _TIMESTAMP = b"x-skyvern-timestamp"
@@ -73,6 +74,7 @@ class PullProtocol(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         # the request being parsed
         self._chunks: list[bytes] = []  # everything read since it began (for a hand-off)
+        self._chunks_size = 0
         self._in_message = False
         self._next_starts_chunk = True
         self._starts_chunk = True
@@ -115,11 +117,15 @@ class PullProtocol(asyncio.Protocol):
             self._cancel_idle_timer()
         if self._discarding:
             return
-        if self._in_message:
-            self._chunks.append(data)
-        else:
-            self._chunks = [data]
+        if not self._in_message:
+            self._chunks, self._chunks_size = [data], len(data)
             self._next_starts_chunk = True
+        elif not self._pull:  # still reading a request head: kept for a hand-off, and bounded
+            self._chunks.append(data)
+            self._chunks_size += len(data)
+            if self._handoff is None and self._chunks_size > MAX_HEAD_BYTES:
+                self._bad_request()
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
