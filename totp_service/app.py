@@ -1,9 +1,11 @@
 """The app factory: Skyvern's signed pull endpoint, the admin API, health, metrics, OpenAPI.
 
 `create_app(settings, store=None)` builds everything a running service holds (ServiceState) and
-ties the audit writer to the app's lifespan. Pull requests go straight to a bare ASGI handler
-(pull_http.py): the framework's routing and middleware would cost half the throughput there.
-Everything else is ordinary Starlette routes.
+ties the audit writer to the app's lifespan. Under `serve`, pulls never reach the app: its own
+HTTP protocol answers them (pull_protocol.py). Under any other ASGI server, or on a connection
+that protocol handed to uvicorn, they go straight to a bare ASGI handler (pull_http.py): the
+framework's routing and middleware would cost half the throughput there. Everything else is
+ordinary Starlette routes.
 
 Proxy headers: `serve` runs uvicorn with proxy_headers off, and the app applies uvicorn's rules
 itself (X-Forwarded-For / -Proto from a peer in FORWARDED_ALLOW_IPS, default 127.0.0.1): the pull

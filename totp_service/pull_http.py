@@ -1,9 +1,10 @@
-"""Skyvern's `POST /totp[/{identifier}]` as a bare ASGI handler.
+"""Skyvern's `POST /totp[/{identifier}]`: the answer to one pull, and its bare ASGI form.
 
-Why bare ASGI: this is the hot path the benchmark measures, and a framework's routing, request
-objects and middleware would cost half the throughput. The rules themselves live in pull.py;
-this module only reads the request (bounded), checks the signature, and writes the answer
-after its audit row is committed.
+`answer()` is the one place a pull is decided: signature, body, identifier, freshness, audit
+row committed before the code goes out, and every refusal mapped to its status and JSON. Two
+front ends feed it: serve's own HTTP protocol (pull_protocol.py) and `handle_pull`, the ASGI
+form for any other ASGI server (a framework's routing and middleware would cost half the
+throughput there). The rules themselves live in pull.py.
 """
 
 from __future__ import annotations
