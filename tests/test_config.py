@@ -68,6 +68,7 @@ def test_signing_keys_merge_env_and_file(tmp_path: Path) -> None:
         ("passphrase: x\n", "may not be written in a config file"),
         ("- a\n- b\n", "must hold a mapping"),
         ("server: [\n", "not valid YAML at line"),
+        ("server:\n  trusted_proxies: [10.0.0.0/8, proxy.local]\n", "must be an IP address, a network like"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path: Path, text: str, message: str) -> None:
@@ -81,3 +82,12 @@ def test_bad_config_names_key_and_file(tmp_path: Path, text: str, message: str) 
 def test_missing_config_file_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_trusted_proxies_from_file_and_uvicorn_s_variable(tmp_path: Path) -> None:
+    assert load_settings(environ={}).server.trusted_proxies == ["127.0.0.1"]
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  trusted_proxies: [10.0.0.0/8, '::1']\n")
+    assert load_settings(config, environ={}).server.trusted_proxies == ["10.0.0.0/8", "::1"]
+    env = {"FORWARDED_ALLOW_IPS": "192.168.1.1, 10.1.0.0/16"}
+    assert load_settings(config, environ=env).server.trusted_proxies == ["192.168.1.1", "10.1.0.0/16"]

@@ -284,3 +284,17 @@ def test_optional_timestamp_window(tmp_path) -> None:
         refused = client.post("/totp/alice%40example.com", content=body, headers=stale)
         assert refused.status_code == 401 and refused.json()["error"] == "stale_timestamp"
         assert signed_pull(client, "/totp/alice%40example.com", {"task_id": "t"}).status_code == 200
+
+
+def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy(tmp_path) -> None:
+    settings = make_settings(tmp_path)
+    add_secret(settings, "alice@example.com")
+    body = signing.compact_json({"task_id": "t"})
+    spoofed = {**helpers_app.signed_headers(body), "x-forwarded-for": "198.51.100.9, 203.0.113.7"}
+    with running_service(settings) as svc, svc.client() as client:  # 127.0.0.1 is trusted by default
+        assert client.post("/totp/alice%40example.com", content=body, headers=spoofed).status_code == 200
+        assert svc.store.read_audit(limit=1)[0].client == "203.0.113.7"  # the nearest address the proxy saw
+    settings.server.trusted_proxies = ["10.0.0.0/8"]
+    with running_service(settings) as svc, svc.client() as client:
+        assert client.post("/totp/alice%40example.com", content=body, headers=spoofed).status_code == 200
+        assert svc.store.read_audit(limit=1)[0].client == "127.0.0.1"  # the header is ignored

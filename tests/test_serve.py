@@ -176,13 +176,14 @@ def test_startup_line_names_unsafe_settings(tmp_path: Path) -> None:
         assert "admin API off" in line
         assert proc.stop() == 0
     config = tmp_path / "unsafe.yaml"
-    config.write_text("server:\n  allow_unsigned: true\n")
+    config.write_text("server:\n  allow_unsigned: true\n  trusted_proxies: ['*']\n")
     port = free_port()
     proc = Proc([sys.executable, "-m", "totp_service", "--config", str(config), "serve", "--host", "0.0.0.0",
                  "--port", str(port)], env)
     try:
         line = proc.wait_for("listening on")
         assert "UNSIGNED PULLS ARE ANSWERED" in line and "without TLS" in line
+        assert "trusted_proxies is *" in line
         assert len([l for l in proc.lines if "listening on" in l]) == 1
         assert proc.stop() == 0
     finally:

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from totp_service import crypto
+from totp_service.cli_service import startup_line
+from totp_service.config import Settings
 from totp_service.servers import free_port
 from tests.helpers_app import BASE32, SKYVERN_KEY, pull
 from tests.test_serve import Proc, _cli, store_env  # noqa: F401  (store_env is a fixture)
@@ -118,3 +120,12 @@ def test_bad_tls_files_are_one_line_errors(store_env: dict[str, str], tmp_path: 
         assert len(lines) == 1 and lines[0].startswith("totp-service: error: "), (expected, result.stderr)
         assert expected in lines[0] and also in lines[0]
         assert "BEGIN" not in lines[0]  # never file content
+
+
+def test_a_tls_key_readable_by_others_is_announced(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.server.tls_cert, settings.server.tls_key = str(cert), str(key)
+    assert "tls_key" not in startup_line(settings, 0)
+    key.chmod(0o644)
+    assert f"UNSAFE server.tls_key {key} is readable by other users" in startup_line(settings, 0)

@@ -8,7 +8,7 @@ framework's routing and middleware would cost half the throughput there. Everyth
 ordinary Starlette routes.
 
 Proxy headers: `serve` runs uvicorn with proxy_headers off, and the app applies uvicorn's rules
-itself (X-Forwarded-For / -Proto from a peer in FORWARDED_ALLOW_IPS, default 127.0.0.1): the pull
+itself (X-Forwarded-For / -Proto from a peer in server.trusted_proxies, default 127.0.0.1): the pull
 handler in its one pass over the headers, everything else through ProxyHeadersMiddleware. So the
 audit trail still names the client behind a local TLS proxy, without a middleware layer around
 every pull. Under a server that applies them too (uvicorn's default) the result is the same.

@@ -29,7 +29,7 @@ from totp_service.cli import UsageError
 from totp_service.config import Settings
 from totp_service.pull_protocol import PullProtocol
 from totp_service.store import AuditEntry, Store
-from totp_service.tls import check_tls_files
+from totp_service.tls import check_tls_files, readable_by_others
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -60,6 +60,10 @@ def startup_line(settings: Settings, identifiers: int) -> str:
         warnings.append("no Skyvern API key configured (SKYVERN_API_KEY / skyvern.api_keys): every pull is refused")
     if server.host not in _LOOPBACK and not server.tls_cert:
         warnings.append(f"UNSAFE bound to {server.host} without TLS (use a TLS proxy or server.tls_cert/tls_key)")
+    if server.tls_key and readable_by_others(server.tls_key):
+        warnings.append(f"UNSAFE server.tls_key {server.tls_key} is readable by other users (chmod 600 it)")
+    if "*" in server.trusted_proxies:
+        warnings.append("UNSAFE server.trusted_proxies is *: any client can name any address in the audit trail")
     if server.max_timestamp_skew_seconds is not None:
         warnings.append(f"x-skyvern-timestamp checked to ±{server.max_timestamp_skew_seconds:g}s")
     line = ", ".join(parts)

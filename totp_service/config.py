@@ -7,6 +7,7 @@ setting must not silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import types
 import typing
@@ -26,6 +27,7 @@ ENV_READER_TOKEN = "TOTP_SERVICE_READER_TOKEN"
 ENV_PUBLIC_URL = "TOTP_SERVICE_PUBLIC_URL"
 ENV_SKYVERN_API_KEY = "SKYVERN_API_KEY"
 ENV_SKYVERN_BASE_URL = "SKYVERN_BASE_URL"
+ENV_FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"
 
 DATABASE_NAME = "totp.db"
 KEY_FILE_NAME = "master.key"
@@ -52,6 +54,7 @@ class ServerSettings:
     max_timestamp_skew_seconds: float | None = None
     workers: int = 1
     access_log: bool = True
+    trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1"])
 
     @property
     def effective_public_url(self) -> str:
@@ -214,6 +217,13 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("server.max_body_bytes must be between 1 and 16 MiB")
     if bool(settings.server.tls_cert) != bool(settings.server.tls_key):
         raise ConfigError("server.tls_cert and server.tls_key go together")
+    for i, entry in enumerate(settings.server.trusted_proxies):
+        if entry != "*":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"server.trusted_proxies[{i}] must be an IP address, a network like "
+                                  f"10.0.0.0/8, or * (got {entry!r})") from None
 
 
 def load_settings(
@@ -267,6 +277,9 @@ def _apply_environment(settings: Settings, env: Mapping[str, str]) -> None:
         settings.passphrase = env[ENV_PASSPHRASE]
     if env.get(ENV_PUBLIC_URL):
         settings.server.public_url = env[ENV_PUBLIC_URL]
+    if env.get(ENV_FORWARDED_ALLOW_IPS):  # uvicorn's own variable, same meaning
+        settings.server.trusted_proxies = [item.strip() for item in env[ENV_FORWARDED_ALLOW_IPS].split(",")
+                                           if item.strip()]
     if env.get(ENV_SKYVERN_API_KEY):
         settings.skyvern.api_key = env[ENV_SKYVERN_API_KEY]
     if env.get(ENV_SKYVERN_BASE_URL):

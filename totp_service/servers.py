@@ -32,8 +32,9 @@ def running_server(
 ) -> Iterator[str]:
     """Serve `app` in a background thread; yield its base URL; stop it on exit."""
     port = port or free_port(host)
-    if isinstance(app, TotpApp):
-        options.setdefault("http", PullProtocol)  # as `serve` runs it
+    if isinstance(app, TotpApp):  # as `serve` runs it
+        options.setdefault("http", PullProtocol)
+        options.setdefault("proxy_headers", False)  # the app applies server.trusted_proxies itself
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="auto", **options)
     server = _ThreadServer(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -62,8 +61,8 @@ class ServiceState:
         self.metrics = Metrics()
         self.audit = AuditWriter(store.write_audit)
         self.signatures = signing.SignatureVerifier(settings.skyvern.signing_keys)
-        # uvicorn's own default: FORWARDED_ALLOW_IPS, else 127.0.0.1 (see forwarded_client)
-        self.forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+        # server.trusted_proxies (env FORWARDED_ALLOW_IPS, uvicorn's; default 127.0.0.1): see forwarded_client
+        self.forwarded_allow_ips = list(settings.server.trusted_proxies)
         self.trusted_proxies = ProxyHeadersMiddleware(None, self.forwarded_allow_ips)  # type: ignore[arg-type]
         self._normalized: dict[str, str] = {}
         self._tokens = {role: [t.encode("utf-8") for t in settings.tokens_for(role)] for role in ("admin", "reader")}
@@ -118,7 +117,7 @@ class ServiceState:
         Why here and not uvicorn's middleware: it wrapped every request in one more coroutine for
         a header that only a proxy sends. The audit trail still names the real client behind a
         local TLS proxy (the set-up the start-up warning recommends), and only a peer listed in
-        FORWARDED_ALLOW_IPS (default 127.0.0.1, as uvicorn's) may say who the client was.
+        server.trusted_proxies (default 127.0.0.1, as uvicorn's) may say who the client was.
         """
         trusted = self.trusted_proxies.trusted_hosts
         if peer not in trusted:

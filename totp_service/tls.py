@@ -8,6 +8,7 @@ here first turns each case into one line naming the setting and the file.
 from __future__ import annotations
 
 import ssl
+import stat
 from pathlib import Path
 
 from totp_service.config import ConfigError
@@ -33,3 +34,11 @@ def check_tls_files(cert: str, key: str) -> None:
     except OSError as exc:
         raise ConfigError(f"server.tls_cert {cert} / server.tls_key {key} cannot be read "
                           f"({exc.strerror or exc.__class__.__name__})") from None
+
+
+def readable_by_others(key: str) -> bool:
+    """True when group or other users may read the key file (it should be 0600)."""
+    try:
+        return bool(Path(key).stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
+    except OSError:
+        return False
