@@ -250,3 +250,20 @@ def test_code_too_close_to_expiry_waits_for_the_next_window(env: Env) -> None:
     assert [parse_utc(r["expired_at"]) for r in rows] == [base + 2 * PERIOD - MIN_VALIDITY,
                                                           base + 3 * PERIOD - MIN_VALIDITY]
     assert all(r["content"] for r in rows)
+
+
+def test_a_local_code_source_prunes_old_single_use_claims(env: Env) -> None:
+    from totp_service import bootstrap
+    from totp_service.pusher import LocalCodeSource
+    from totp_service.store import AuditEntry, CLAIM_RETENTION_SECONDS
+
+    with bootstrap.open_store(env.settings) as store:
+        entry = AuditEntry(outcome="pushed", identifier=IDENTIFIER, route="push")
+        old_window = int((time.time() - CLAIM_RETENTION_SECONDS - 3600) // PERIOD)
+        current = int(time.time() // PERIOD)
+        assert store.write_audit([(entry, (IDENTIFIER, old_window)), (entry, (IDENTIFIER, current))]) == [True, True]
+        store._conn.execute("UPDATE served SET at = ? WHERE counter = ?",  # claimed two days ago
+                            (time.time() - 2 * CLAIM_RETENTION_SECONDS, old_window))
+        LocalCodeSource(store, IDENTIFIER, min_validity=MIN_VALIDITY)
+        assert not store.is_claimed(IDENTIFIER, old_window)
+        assert store.is_claimed(IDENTIFIER, current)  # a window that can still come round is kept
