@@ -187,6 +187,13 @@ def test_malformed_http_gets_400_and_the_connection_closes(service) -> None:
         assert conn.closed_by_server()
     finally:
         conn.close()
+    conn = RawConnection(service.url)
+    try:  # a request target over 8 KiB
+        conn.send(_pull_bytes("/totp/" + "a" * 9000))
+        status, headers, _ = conn.response()
+        assert status == 400 and headers["connection"] == "close"
+    finally:
+        conn.close()
     with httpx.Client(base_url=service.url) as client:  # the server is fine
         assert client.get("/healthz").status_code == 200
 

@@ -208,8 +208,8 @@ class PullProtocol(asyncio.Protocol):
             return
         if self._content_length > self._limit:
             self._refuse_too_large()
-        elif self._expect_continue and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif self._expect_continue and not self._busy and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # never ahead of an earlier answer
 
     def on_body(self, body: bytes) -> None:
         if not self._pull or self._discarding:
