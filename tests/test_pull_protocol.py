@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from totp_service import signing
+from totp_service import bootstrap, signing
 from tests.helpers_app import (
     BASE32,
     SKYVERN_KEY,
@@ -124,6 +124,24 @@ def test_a_connection_that_starts_with_another_request_is_uvicorn_s(service) -> 
         assert response.status_code == 200 and response.json()["verification_code"]
 
 
+def test_many_pipelined_pulls_in_one_write_are_all_answered(service) -> None:
+    conn = RawConnection(service.url)
+    try:
+        conn.send(_pull_bytes() * 600)  # ~146 KB: reads end in the middle of request heads
+        assert [conn.response()[0] for _ in range(600)] == [200] * 600
+    finally:
+        conn.close()
+
+
+def test_long_targets_of_other_requests_are_uvicorn_s_to_judge(service) -> None:
+    conn = RawConnection(service.url)
+    try:
+        conn.send(b"GET /healthz?q=" + b"a" * 9000 + b" HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert conn.response()[0] == 200
+    finally:
+        conn.close()
+
+
 def test_pipelined_pulls_are_answered_in_order(service) -> None:
     add_secret(service.settings, "bob@example.com", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ")
     conn = RawConnection(service.url)
@@ -188,8 +206,8 @@ def test_malformed_http_gets_400_and_the_connection_closes(service) -> None:
     finally:
         conn.close()
     conn = RawConnection(service.url)
-    try:  # a request target over 8 KiB
-        conn.send(_pull_bytes("/totp/" + "a" * 9000))
+    try:  # a request head over 64 KiB, in one read
+        conn.send(_pull_bytes("/totp/" + "a" * 70_000))
         status, headers, _ = conn.response()
         assert status == 400 and headers["connection"] == "close"
     finally:
@@ -214,6 +232,17 @@ def test_expect_100_continue_connection_close_and_absolute_form(service) -> None
         status, headers, payload = conn.response()
         _assert_code(status, payload, before)
         assert headers["connection"] == "close" and conn.closed_by_server()
+    finally:
+        conn.close()
+
+
+def test_http_1_0_gets_one_answer_then_the_connection_closes(service) -> None:
+    conn = RawConnection(service.url)
+    try:  # as uvicorn: no HTTP/1.0 keep-alive, whatever the request asks
+        request = _pull_bytes(extra="connection: keep-alive\r\n").replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+        conn.send(request)
+        status, headers, _ = conn.response()
+        assert status == 200 and headers["connection"] == "close" and conn.closed_by_server()
     finally:
         conn.close()
 
@@ -279,3 +308,43 @@ def test_requests_split_into_tiny_reads_are_parsed_whole(service) -> None:
                 _assert_code(status, body, before)
     finally:
         conn.close()
+
+
+def test_100_continue_behind_a_held_pull_comes_after_its_answer(tmp_path) -> None:
+    settings = make_settings(tmp_path, min_validity_seconds=1.9, max_hold_seconds=5)
+    add_secret(settings, IDENTIFIER, period=2)
+    body = b'{"task_id":"tsk_1"}'
+    with running_service(settings) as svc:
+        conn = RawConnection(svc.url)
+        try:
+            wait_for_window_phase(2, 0.3, 1.5)
+            conn.send(_pull_bytes())  # held until the next window opens
+            time.sleep(0.1)
+            conn.send(_pull_bytes(body=body, extra="expect: 100-continue\r\n")[: -len(body)])
+            assert conn.response()[0] == 200  # the held answer first
+            assert conn.response()[0] == 100  # then the go-ahead for the body
+            conn.send(body)
+            assert conn.response()[0] == 200
+        finally:
+            conn.close()
+
+
+def test_stopping_answers_every_pull_already_received(tmp_path) -> None:
+    settings = make_settings(tmp_path, min_validity_seconds=1.9, max_hold_seconds=5, single_use=True)
+    add_secret(settings, IDENTIFIER, period=2)
+    with running_service(settings) as svc:
+        conn = RawConnection(svc.url)
+        wait_for_window_phase(2, 0.3, 1.5)
+        conn.send(_pull_bytes() * 3)  # the first is held; two wait behind it
+        time.sleep(0.1)
+    try:  # leaving the block stopped the server
+        answers = [conn.response() for _ in range(3)]
+        assert [a[0] for a in answers] == [200, 200, 200]
+        assert "connection" not in answers[0][1] and answers[2][1]["connection"] == "close"
+        codes = [json.loads(a[2])["verification_code"] for a in answers]
+        assert len(set(codes)) == 3  # single use: three windows, three codes
+        assert conn.closed_by_server()
+    finally:
+        conn.close()
+    with bootstrap.open_store(settings) as store:
+        assert [r.outcome for r in store.read_audit(identifier=IDENTIFIER)] == ["served"] * 3

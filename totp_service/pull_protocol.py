@@ -34,13 +34,13 @@ from totp_service.pull_http import SERVER_FAULT_BODY, Trail, answer, is_pull_pat
 from totp_service.state import ServiceState
 from totp_service.web import BodyTooLarge
 
-MAX_URL_BYTES = 8192
 MAX_HEAD_BYTES = 65536  # request line and headers; more is refused (400) and the connection closed
 MAX_QUEUED_PULLS = 16  # pipelined pulls waiting on one connection before reading pauses
 _SIGNATURE = b"x-skyvern-signature"
 _TIMESTAMP = b"x-skyvern-timestamp"
 _STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
                  for status in http.HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _JSON_HEAD = b"content-type: application/json\r\ncache-control: no-store\r\ncontent-length: "
 _PIPELINED_BODY = (b'{"error":"bad_request","detail":"a request other than a pull cannot be pipelined '
                    b'behind a pull on one connection"}')
@@ -74,8 +74,10 @@ class PullProtocol(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         # the request being parsed
         self._chunks: list[bytes] = []  # everything read since it began (for a hand-off)
-        self._chunks_size = 0
         self._in_message = False
+        self._in_head = False
+        self._head_bytes = 0  # of its head, parsed so far
+        self._unparsed_head_bytes = 0  # read since the parser last reported part of the head
         self._next_starts_chunk = True
         self._starts_chunk = True
         self._url = b""
@@ -86,6 +88,8 @@ class PullProtocol(asyncio.Protocol):
         self._forwarded: list[bytes] | None = None
         self._content_length = -1
         self._expect_continue = False
+        self._continue_owed = False  # 100 Continue to send once the answers ahead of it are out
+        self._keep_alive = True
         self._body: list[bytes] = []
         self._body_size = 0
         self._discarding = False  # the rest of this connection's input is ignored
@@ -117,15 +121,16 @@ class PullProtocol(asyncio.Protocol):
             self._cancel_idle_timer()
         if self._discarding:
             return
+        if self._handoff is not None:  # waiting for the answers ahead of it: all of it is uvicorn's
+            self._handoff += data
+            return
         if not self._in_message:
-            self._chunks, self._chunks_size = [data], len(data)
+            self._chunks = [data]
             self._next_starts_chunk = True
-        elif not self._pull:  # still reading a request head: kept for a hand-off, and bounded
-            self._chunks.append(data)
-            self._chunks_size += len(data)
-            if self._handoff is None and self._chunks_size > MAX_HEAD_BYTES:
-                self._bad_request()
-                return
+        elif self._in_head:
+            if self._starts_chunk:  # kept for a hand-off
+                self._chunks.append(data)
+            self._unparsed_head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -134,8 +139,11 @@ class PullProtocol(asyncio.Protocol):
             if self._handoff is None:
                 self._bad_request()
                 return
-        if self._handoff is not None and not self._busy:
-            self._hand_off()
+        if self._handoff is not None:
+            if not self._busy:
+                self._hand_off()
+        elif self._in_head and self._unparsed_head_bytes > MAX_HEAD_BYTES:  # e.g. one endless header
+            self._bad_request()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -156,8 +164,11 @@ class PullProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._discarding or self._handoff is not None:
             return
-        self._in_message = True
+        self._in_message = self._in_head = True
+        self._head_bytes = self._unparsed_head_bytes = 0
         self._starts_chunk, self._next_starts_chunk = self._next_starts_chunk, False
+        if not self._starts_chunk:
+            self._chunks = []  # where it began in this read is unknown: nothing to hand off
         self._url = b""
         self._path = ""
         self._pull = False
@@ -172,12 +183,12 @@ class PullProtocol(asyncio.Protocol):
         if self._discarding or self._handoff is not None:
             return
         self._url += url
-        if len(self._url) > MAX_URL_BYTES:
-            raise ValueError("request target too long")  # -> HttpParserCallbackError -> 400
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._discarding or self._handoff is not None:
             return
+        self._count_head(len(name) + len(value) + 4)
         name = name.lower()
         if name == _SIGNATURE:
             self._signature = value
@@ -196,7 +207,9 @@ class PullProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self._discarding or self._handoff is not None:
             return
+        self._in_head = False
         parser = self._parser
+        self._keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()  # as uvicorn
         if parser.get_method() == b"POST" and not parser.should_upgrade():
             path = httptools.parse_url(self._url).path.decode("ascii")  # decoded as uvicorn does
             if "%" in path:
@@ -208,8 +221,11 @@ class PullProtocol(asyncio.Protocol):
             return
         if self._content_length > self._limit:
             self._refuse_too_large()
-        elif self._expect_continue and not self._busy and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # never ahead of an earlier answer
+        elif self._expect_continue:
+            if self._busy:  # never ahead of an earlier answer
+                self._continue_owed = True
+            else:
+                self._write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         if not self._pull or self._discarding:
@@ -224,9 +240,10 @@ class PullProtocol(asyncio.Protocol):
         if self._discarding or self._handoff is not None:
             return
         self._in_message = False
+        self._continue_owed = False
         if self._pull:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            self._enqueue(body, None, self._parser.should_keep_alive())
+            self._enqueue(body, None, self._keep_alive)
 
     # --- answering pulls -------------------------------------------------------------------
 
@@ -260,9 +277,11 @@ class PullProtocol(asyncio.Protocol):
             log.exception("pull failed")
             status, payload = 500, SERVER_FAULT_BODY
         self._service.metrics.request(trail.route, status)
-        self._respond(status, payload, keep_alive and not self._closing, target)
+        self._respond(status, payload, keep_alive and not (self._closing and not self._queue), target)
         self._busy = False
-        if self._queue:
+        if self._transport is None or self._transport.is_closing():
+            self._queue.clear()  # nobody to answer: the pulls behind it are not started (nor audited)
+        elif self._queue:
             self._start_next()
         elif self._refuse_pipelined:
             self._respond(400, _PIPELINED_BODY, False, b"")
@@ -272,7 +291,10 @@ class PullProtocol(asyncio.Protocol):
             self._close()
         else:
             self._update_reading()
-            if self._transport is not None and not self._transport.is_closing():
+            if self._continue_owed:
+                self._continue_owed = False
+                self._write(_CONTINUE)
+            if not self._transport.is_closing():  # also a request stalled half-way is closed
                 self._idle_timer = self._loop.call_later(self._config.timeout_keep_alive, self._close)
 
     def _respond(self, status: int, payload: bytes, keep_alive: bool, target: bytes) -> None:
@@ -336,12 +358,23 @@ class PullProtocol(asyncio.Protocol):
                 transport.resume_reading()
 
     def _bad_request(self) -> None:
+        log.warning("invalid HTTP request received from %s", self._client)  # as uvicorn warns
         self._discarding = True
         if self._transport is not None and not self._transport.is_closing():
             message = b"Invalid HTTP request received."
             self._transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
                                   b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(message), message))
             self._close()
+
+    def _count_head(self, size: int) -> None:
+        self._unparsed_head_bytes = 0
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise ValueError("request head too large")  # -> HttpParserCallbackError -> 400
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
 
     def _cancel_idle_timer(self) -> None:
         if self._idle_timer is not None:
