@@ -41,6 +41,8 @@ _TIMESTAMP = b"x-skyvern-timestamp"
 _STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
                  for status in http.HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_INVALID_REQUEST = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 30\r\n"
+                    b"connection: close\r\n\r\nInvalid HTTP request received.")  # uvicorn's words
 _JSON_HEAD = b"content-type: application/json\r\ncache-control: no-store\r\ncontent-length: "
 _PIPELINED_BODY = (b'{"error":"bad_request","detail":"a request other than a pull cannot be pipelined '
                    b'behind a pull on one connection"}')
@@ -359,12 +361,8 @@ class PullProtocol(asyncio.Protocol):
 
     def _bad_request(self) -> None:
         log.warning("invalid HTTP request received from %s", self._client)  # as uvicorn warns
-        self._discarding = True
-        if self._transport is not None and not self._transport.is_closing():
-            message = b"Invalid HTTP request received."
-            self._transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                                  b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(message), message))
-            self._close()
+        self._write(_INVALID_REQUEST)
+        self._close()
 
     def _count_head(self, size: int) -> None:
         self._unparsed_head_bytes = 0
