@@ -23,7 +23,7 @@ import http
 import logging
 import urllib.parse
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import httptools
 from uvicorn.config import Config
@@ -50,8 +50,16 @@ _PIPELINED_BODY = (b'{"error":"bad_request","detail":"a request other than a pul
 log = logging.getLogger("totp_service.pull")
 access_log = logging.getLogger("uvicorn.access")
 
-# one parsed pull: trail, raw body, signature, timestamp, refusal, keep-alive, request target
-_Pull = tuple[Trail, bytes, "bytes | None", "bytes | None", "BodyTooLarge | None", bool, bytes]
+class QueuedPull(NamedTuple):
+    """A pull read in full (or refused while reading), waiting for its turn on the connection."""
+
+    trail: Trail
+    body: bytes
+    signature: bytes | None
+    timestamp: bytes | None
+    refusal: BodyTooLarge | None
+    keep_alive: bool
+    target: bytes  # the request target as sent, for the access log
 
 
 class PullProtocol(asyncio.Protocol):
@@ -96,7 +104,7 @@ class PullProtocol(asyncio.Protocol):
         self._body_size = 0
         self._discarding = False  # the rest of this connection's input is ignored
         # answering
-        self._queue: deque[_Pull] = deque()
+        self._queue: deque[QueuedPull] = deque()
         self._busy = False
         self._handoff: bytes | None = None  # a non-pull request waiting for the pulls before it
         self._refuse_pipelined = False
@@ -253,7 +261,7 @@ class PullProtocol(asyncio.Protocol):
         trail = new_trail(self._path, self._client)
         if self._forwarded is not None:
             trail.forwarded_by(self._service, self._forwarded)
-        self._queue.append((trail, body, self._signature, self._timestamp, refusal, keep_alive, self._url))
+        self._queue.append(QueuedPull(trail, body, self._signature, self._timestamp, refusal, keep_alive, self._url))
         if self._busy:
             self._update_reading()
         else:
@@ -271,15 +279,15 @@ class PullProtocol(asyncio.Protocol):
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _answer(self, pull: _Pull) -> None:
-        trail, body, signature, timestamp, refusal, keep_alive, target = pull
+    async def _answer(self, pull: QueuedPull) -> None:
         try:
-            status, payload = await answer(self._service, trail, body, signature, timestamp, refusal=refusal)
+            status, payload = await answer(self._service, pull.trail, pull.body, pull.signature, pull.timestamp,
+                                           refusal=pull.refusal)
         except Exception:  # never a traceback to Skyvern; the log has it
             log.exception("pull failed")
             status, payload = 500, SERVER_FAULT_BODY
-        self._service.metrics.request(trail.route, status)
-        self._respond(status, payload, keep_alive and not (self._closing and not self._queue), target)
+        self._service.metrics.request(pull.trail.route, status)
+        self._respond(status, payload, pull.keep_alive and not (self._closing and not self._queue), pull.target)
         self._busy = False
         if self._transport is None or self._transport.is_closing():
             self._queue.clear()  # nobody to answer: the pulls behind it are not started (nor audited)
