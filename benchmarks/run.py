@@ -138,19 +138,26 @@ def proc_tree(pid: int) -> list[int]:
     return out
 
 
-def rss_kb(pid: int) -> int:
-    """Sum of VmRSS over the process and its descendants, in KiB."""
+def _tree_sum_kb(pid: int, filename: str, field: str, *, skip_unreadable: bool) -> int | None:
+    """Sum of `field` (a kB line of /proc/PID/<filename>) over the process and its descendants.
+    A file that cannot be read is skipped, or makes the sum None."""
     total = 0
     for p in proc_tree(pid):
         try:
-            with open(f"/proc/{p}/status") as fh:
+            with open(f"/proc/{p}/{filename}") as fh:
                 for line in fh:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field):
                         total += int(line.split()[1])
                         break
         except OSError:
-            pass
+            if not skip_unreadable:
+                return None
     return total
+
+
+def rss_kb(pid: int) -> int:
+    """Sum of VmRSS over the process and its descendants, in KiB."""
+    return _tree_sum_kb(pid, "status", "VmRSS:", skip_unreadable=True) or 0
 
 
 def pss_kb(pid: int) -> int | None:
@@ -160,17 +167,7 @@ def pss_kb(pid: int) -> int | None:
     imported modules copy-on-write) once in every process; PSS divides it among them, so the sum of
     PSS is what the tree really costs.
     """
-    total = 0
-    for p in proc_tree(pid):
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as fh:
-                for line in fh:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            return None
-    return total
+    return _tree_sum_kb(pid, "smaps_rollup", "Pss:", skip_unreadable=False)
 
 
 def cpu_seconds(pid: int) -> float:

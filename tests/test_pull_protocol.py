@@ -260,13 +260,22 @@ def test_idle_keep_alive_connections_are_closed(service) -> None:
         conn.close()
 
 
+def _holding_settings(tmp_path, single_use: bool = False):
+    """A 2 s window and min_validity 1.9 s: a pull sent by _send_held is held until the next window."""
+    settings = make_settings(tmp_path, min_validity_seconds=1.9, max_hold_seconds=5, single_use=single_use)
+    add_secret(settings, IDENTIFIER, period=2)
+    return settings
+
+
+def _send_held(conn: RawConnection, data: bytes) -> None:
+    wait_for_window_phase(2, 0.3, 1.5)  # under 1.9 s left: held for 0.5 to 1.7 s
+    conn.send(data)
+
+
 def test_a_held_pull_is_answered_before_the_server_stops(tmp_path) -> None:
-    settings = make_settings(tmp_path, min_validity_seconds=1.9, max_hold_seconds=5)
-    add_secret(settings, IDENTIFIER, period=2)  # a 2 s window: the pull is held until the next one opens
-    with running_service(settings) as svc:
+    with running_service(_holding_settings(tmp_path)) as svc:
         conn = RawConnection(svc.url)
-        wait_for_window_phase(2, 0.3, 1.5)  # under 1.9 s left: held for 0.5 to 1.7 s
-        conn.send(_pull_bytes())
+        _send_held(conn, _pull_bytes())
         time.sleep(0.05)
         # leaving the block stops the server: it must finish the held pull first
     try:
@@ -311,14 +320,11 @@ def test_requests_split_into_tiny_reads_are_parsed_whole(service) -> None:
 
 
 def test_100_continue_behind_a_held_pull_comes_after_its_answer(tmp_path) -> None:
-    settings = make_settings(tmp_path, min_validity_seconds=1.9, max_hold_seconds=5)
-    add_secret(settings, IDENTIFIER, period=2)
     body = b'{"task_id":"tsk_1"}'
-    with running_service(settings) as svc:
+    with running_service(_holding_settings(tmp_path)) as svc:
         conn = RawConnection(svc.url)
         try:
-            wait_for_window_phase(2, 0.3, 1.5)
-            conn.send(_pull_bytes())  # held until the next window opens
+            _send_held(conn, _pull_bytes())
             time.sleep(0.1)
             conn.send(_pull_bytes(body=body, extra="expect: 100-continue\r\n")[: -len(body)])
             assert conn.response()[0] == 200  # the held answer first
@@ -330,12 +336,10 @@ def test_100_continue_behind_a_held_pull_comes_after_its_answer(tmp_path) -> Non
 
 
 def test_stopping_answers_every_pull_already_received(tmp_path) -> None:
-    settings = make_settings(tmp_path, min_validity_seconds=1.9, max_hold_seconds=5, single_use=True)
-    add_secret(settings, IDENTIFIER, period=2)
+    settings = _holding_settings(tmp_path, single_use=True)
     with running_service(settings) as svc:
         conn = RawConnection(svc.url)
-        wait_for_window_phase(2, 0.3, 1.5)
-        conn.send(_pull_bytes() * 3)  # the first is held; two wait behind it
+        _send_held(conn, _pull_bytes() * 3)  # the first is held; two wait behind it
         time.sleep(0.1)
     try:  # leaving the block stopped the server
         answers = [conn.response() for _ in range(3)]

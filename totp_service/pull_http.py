@@ -23,9 +23,9 @@ from totp_service.store import SecretNotFound, normalize_identifier
 from totp_service.web import ApiError, BadRequest, BodyTooLarge, Unauthorized, Unavailable
 
 WINDOW_MARGIN_SECONDS = 0.002  # wake just after a window opens, never just before
-_JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-_SIGNATURE = signing.SIGNATURE_HEADER.encode("ascii")
-_TIMESTAMP = signing.TIMESTAMP_HEADER.encode("ascii")
+JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+SIGNATURE = signing.SIGNATURE_HEADER.encode("ascii")
+TIMESTAMP = signing.TIMESTAMP_HEADER.encode("ascii")
 _EMPTY = b'{"verification_code":""}'
 _loads = json.loads
 
@@ -136,7 +136,7 @@ SERVER_FAULT_BODY = _error_body(ServerFault.reason, "internal error")
 
 async def _answer(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(body))]})
+                "headers": [*JSON_HEADERS, (b"content-length", b"%d" % len(body))]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -153,9 +153,9 @@ async def _read_body(state: ServiceState, scope: dict[str, Any], receive: Any, l
         if name == b"content-length":
             if value.isdigit() and int(value) > limit:
                 raise BodyTooLarge(f"the body is larger than {limit} bytes")
-        elif name == _SIGNATURE:
+        elif name == SIGNATURE:
             signature = value
-        elif name == _TIMESTAMP:
+        elif name == TIMESTAMP:
             timestamp = value
         elif name == b"x-forwarded-for":
             if forwarded is None:

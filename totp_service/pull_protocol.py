@@ -30,20 +30,27 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from totp_service.pull_http import SERVER_FAULT_BODY, Trail, answer, is_pull_path, new_trail
+from totp_service.pull_http import (
+    JSON_HEADERS,
+    SERVER_FAULT_BODY,
+    SIGNATURE,
+    TIMESTAMP,
+    Trail,
+    answer,
+    is_pull_path,
+    new_trail,
+)
 from totp_service.state import ServiceState
 from totp_service.web import BodyTooLarge
 
 MAX_HEAD_BYTES = 65536  # request line and headers; more is refused (400) and the connection closed
 MAX_QUEUED_PULLS = 16  # pipelined pulls waiting on one connection before reading pauses
-_SIGNATURE = b"x-skyvern-signature"
-_TIMESTAMP = b"x-skyvern-timestamp"
 _STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
                  for status in http.HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INVALID_REQUEST = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 30\r\n"
                     b"connection: close\r\n\r\nInvalid HTTP request received.")  # uvicorn's words
-_JSON_HEAD = b"content-type: application/json\r\ncache-control: no-store\r\ncontent-length: "
+_JSON_HEAD = b"".join(b"%s: %s\r\n" % header for header in JSON_HEADERS) + b"content-length: "
 _PIPELINED_BODY = (b'{"error":"bad_request","detail":"a request other than a pull cannot be pipelined '
                    b'behind a pull on one connection"}')
 
@@ -200,9 +207,9 @@ class PullProtocol(asyncio.Protocol):
             return
         self._count_head(len(name) + len(value) + 4)
         name = name.lower()
-        if name == _SIGNATURE:
+        if name == SIGNATURE:
             self._signature = value
-        elif name == _TIMESTAMP:
+        elif name == TIMESTAMP:
             self._timestamp = value
         elif name == b"content-length":
             self._content_length = int(value) if value.isdigit() else -1
