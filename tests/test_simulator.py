@@ -252,9 +252,10 @@ def test_both_sources(url_then_pushed: bool) -> None:
     state.add_secret(SECRET, agent_id="wpid_login")
     endpoint, _ = totp_endpoint([(200, {"verification_code": ""})] * 100)
     with running_server(app) as base, running_server(endpoint) as totp_base:
+        code = fresh_code(min_left=4.0)  # before the run: waiting for a window must not eat its 1.5 s
         run = start_agent(base, totp_url=f"{totp_base}/totp", totp_identifier="carol")
         state.wait_for_run(run["run_id"], {"running"})
         httpx.post(f"{base}/v1/credentials/totp", headers=headers(),
-                   json={"totp_identifier": "carol", "content": fresh_code()}).raise_for_status()
+                   json={"totp_identifier": "carol", "content": code}).raise_for_status()
         final = state.wait_for_run(run["run_id"])
     assert final["status"] == ("completed" if url_then_pushed else "timed_out"), final["failure_reason"]
