@@ -14,11 +14,12 @@ from typing import Any
 import httpx
 import pyotp
 
-from totp_service import bootstrap, otp, signing
+from totp_service import otp, signing
 from totp_service.app import create_app
 from totp_service.config import AdminToken, Settings
 from totp_service.servers import running_server
 from totp_service.store import Store
+from totp_service.store.open import init_store, open_store
 
 SKYVERN_KEY = "sk-test-skyvern-key-0001"
 OTHER_KEY = "sk-test-skyvern-key-0002"
@@ -38,13 +39,13 @@ def make_settings(tmp_path: Path, **codes: Any) -> Settings:
     settings.codes.max_hold_seconds = codes.pop("max_hold_seconds", 0.0)
     settings.codes.single_use = codes.pop("single_use", False)
     assert not codes, codes
-    bootstrap.init_store(settings)
+    init_store(settings)
     return settings
 
 
 def add_secret(settings: Settings, identifier: str, base32: str = BASE32, **options: Any) -> otp.TotpSpec:
     spec = otp.spec_from_base32(base32, period=options.pop("period", 30))
-    with bootstrap.open_store(settings) as store:
+    with open_store(settings) as store:
         store.put_secret(identifier, spec, **options)
     return spec
 
@@ -71,7 +72,7 @@ SERVER_PROTOCOL: str | None = None
 @contextlib.contextmanager
 def running_service(settings: Settings, **options: Any) -> Iterator[Service]:
     """create_app + uvicorn on 127.0.0.1; the store is opened here so tests can look into it."""
-    store = bootstrap.open_store(settings)
+    store = open_store(settings)
     if SERVER_PROTOCOL:
         options.setdefault("http", SERVER_PROTOCOL)
     try:

@@ -19,11 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from totp_service import bootstrap, crypto, otp
+from totp_service import otp
 from totp_service.config import AdminToken, Settings
 from totp_service.servers import free_port, running_server
 from totp_service.simulator import SimulatorState, create_simulator_app
 from totp_service.skyvern import SkyvernClient
+from totp_service.store import crypto
+from totp_service.store.open import init_store, open_store
 
 API_KEY = "sk-launcher-test-key"
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
@@ -105,8 +107,8 @@ def make_env(tmp_path: Path, sim: Sim, *, secret: str = SECRET, identifier: str 
     settings.server.port = free_port()
     settings.server.access_log = False
     settings.admin.tokens.append(AdminToken(READER_TOKEN, "reader"))
-    bootstrap.init_store(settings)
-    with bootstrap.open_store(settings) as store:
+    init_store(settings)
+    with open_store(settings) as store:
         store.put_secret(identifier, otp.spec_from_base32(secret, period=PERIOD))
     config = tmp_path / "config.yaml"
     config.write_text(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from urllib.parse import quote
 
-from totp_service import bootstrap, otp
-from totp_service.state import REVALIDATE_SECONDS
 from tests.helpers_app import (
     ADMIN_TOKEN,
     BASE32,
@@ -18,6 +16,9 @@ from tests.helpers_app import (
     pull,
     running_service,
 )
+from totp_service import otp
+from totp_service.state import REVALIDATE_SECONDS
+from totp_service.store.open import open_store
 
 ADMIN_ROUTES = [
     ("GET", "/v1/secrets"),
@@ -105,13 +106,13 @@ def test_a_replaced_secret_is_served_at_once(tmp_path) -> None:
         second = pull(client, "/totp/alice", {"task_id": "t"}).json()["verification_code"]
         assert second in {expected_code(OTHER_BASE32, before), expected_code(OTHER_BASE32, time.time())}
         # a change made by another process (the CLI) is seen within REVALIDATE_SECONDS
-        with bootstrap.open_store(settings) as other:
+        with open_store(settings) as other:
             other.put_secret("alice", otp.spec_from_base32(BASE32), replace=True)
         time.sleep(REVALIDATE_SECONDS + 0.01)
         before = time.time()
         third = pull(client, "/totp/alice", {"task_id": "t"}).json()["verification_code"]
         assert third in {expected_code(BASE32, before), expected_code(BASE32, time.time())}
-        with bootstrap.open_store(settings) as other:
+        with open_store(settings) as other:
             other.remove_secret("alice")
         time.sleep(REVALIDATE_SECONDS + 0.01)
         assert pull(client, "/totp/alice", {"task_id": "t"}).status_code == 404

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_otp import RFC_SECRETS, RFC_VECTORS, migration_uri
 
 B32 = "JBSWY3DPEHPK3PXP"
@@ -236,11 +235,11 @@ def test_module_entry_point_runs_as_a_subprocess(tmp_path: Path) -> None:
 
 
 def test_audit_command_filters(store_ready: Path, run_cli) -> None:
-    from totp_service import bootstrap
     from totp_service.config import load_settings
     from totp_service.store import AuditEntry
+    from totp_service.store.open import open_store
 
-    with bootstrap.open_store(load_settings()) as store:
+    with open_store(load_settings()) as store:
         store.write_audit([
             (AuditEntry("served", identifier="alice@example.com", task_id="tsk_old", at=1_000_000.0), None),
             (AuditEntry("served", identifier="alice@example.com", task_id="tsk_new", at=2_000_000.0), None),

@@ -11,10 +11,21 @@ from typing import Any
 
 import httpx
 import pytest
-
 from helpers_launch import (
-    AGENT, API_KEY, IDENTIFIER, PERIOD, SECRET, Env, Sim, cli_process, make_env, service, simulator, wait_until,
+    AGENT,
+    API_KEY,
+    IDENTIFIER,
+    PERIOD,
+    SECRET,
+    Env,
+    Sim,
+    cli_process,
+    make_env,
+    service,
+    simulator,
+    wait_until,
 )
+
 from totp_service.cli_launch import StatusPrinter
 from totp_service.launcher import LaunchEvent
 

@@ -10,11 +10,23 @@ from pathlib import Path
 import httpx
 import pyotp
 import pytest
-
 from helpers_launch import (
-    AGENT, API_KEY, IDENTIFIER, MIN_VALIDITY, PERIOD, READER_TOKEN, SECRET, Env, Sim, make_env, parse_utc,
-    service, simulator, wait_until,
+    AGENT,
+    API_KEY,
+    IDENTIFIER,
+    MIN_VALIDITY,
+    PERIOD,
+    READER_TOKEN,
+    SECRET,
+    Env,
+    Sim,
+    make_env,
+    parse_utc,
+    service,
+    simulator,
+    wait_until,
 )
+
 from totp_service import attach_pusher, launch_agent, launch_task, totp_url
 from totp_service.launcher import CloudNeedsPush, RunOutcome, ServiceNotReady
 from totp_service.pusher import CodeSourceError
@@ -222,8 +234,8 @@ def test_exit_codes_per_final_status() -> None:
 
 
 def test_code_too_close_to_expiry_waits_for_the_next_window(env: Env) -> None:
-    from totp_service import bootstrap
     from totp_service.pusher import LocalCodeSource, Pusher
+    from totp_service.store.open import open_store
 
     started = httpx.post(f"{env.sim.base}/v1/run/agents", headers={"x-api-key": API_KEY},
                          json={"agent_id": "wpid_no_login", "totp_identifier": IDENTIFIER}).json()
@@ -231,7 +243,7 @@ def test_code_too_close_to_expiry_waits_for_the_next_window(env: Env) -> None:
     now = [base + PERIOD - MIN_VALIDITY / 2]  # half of min_validity left: too late for this code
     events = []
     running = {"run_id": started["run_id"], "status": "running", "started_at": "2030-01-01T00:00:00"}
-    with bootstrap.open_store(env.settings) as store, env.client() as client:
+    with open_store(env.settings) as store, env.client() as client:
         source = LocalCodeSource(store, IDENTIFIER, min_validity=MIN_VALIDITY)
         pusher = Pusher(client, source, started["run_id"], "workflow_run", on_event=events.append, clock=lambda: now[0])
         wait = pusher.tick(running, 0.1)
@@ -253,11 +265,11 @@ def test_code_too_close_to_expiry_waits_for_the_next_window(env: Env) -> None:
 
 
 def test_a_local_code_source_prunes_old_single_use_claims(env: Env) -> None:
-    from totp_service import bootstrap
     from totp_service.pusher import LocalCodeSource
-    from totp_service.store import AuditEntry, CLAIM_RETENTION_SECONDS
+    from totp_service.store import CLAIM_RETENTION_SECONDS, AuditEntry
+    from totp_service.store.open import open_store
 
-    with bootstrap.open_store(env.settings) as store:
+    with open_store(env.settings) as store:
         entry = AuditEntry(outcome="pushed", identifier=IDENTIFIER, route="push")
         old_window = int((time.time() - CLAIM_RETENTION_SECONDS - 3600) // PERIOD)
         current = int(time.time() // PERIOD)

@@ -9,8 +9,6 @@ from datetime import datetime
 
 import pytest
 
-from totp_service import pull, signing
-from totp_service.pull import Plan, plan
 from tests import helpers_app
 from tests.helpers_app import (
     ADMIN_TOKEN,
@@ -22,10 +20,14 @@ from tests.helpers_app import (
     bearer,
     expected_code,
     make_settings,
-    pull as signed_pull,
     running_service,
     wait_for_window_phase,
 )
+from tests.helpers_app import (
+    pull as signed_pull,
+)
+from totp_service import pull, signing
+from totp_service.pull import Plan, plan
 
 
 def _codes_around(base32: str, before: float, after: float, period: int = 30) -> set[str]:

@@ -13,7 +13,6 @@ import time
 import httpx
 import pytest
 
-from totp_service import bootstrap, signing
 from tests.helpers_app import (
     BASE32,
     SKYVERN_KEY,
@@ -23,6 +22,8 @@ from tests.helpers_app import (
     running_service,
     wait_for_window_phase,
 )
+from totp_service import signing
+from totp_service.store.open import open_store
 
 IDENTIFIER = "alice@example.com"
 
@@ -350,5 +351,5 @@ def test_stopping_answers_every_pull_already_received(tmp_path) -> None:
         assert conn.closed_by_server()
     finally:
         conn.close()
-    with bootstrap.open_store(settings) as store:
+    with open_store(settings) as store:
         assert [r.outcome for r in store.read_audit(identifier=IDENTIFIER)] == ["served"] * 3

@@ -17,8 +17,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers_app import (
+    ADMIN_TOKEN,
+    BASE32,
+    OTHER_BASE32,
+    READER_TOKEN,
+    SKYVERN_KEY,
+    bearer,
+    pull,
+)
 from totp_service.servers import free_port
-from tests.helpers_app import ADMIN_TOKEN, BASE32, OTHER_BASE32, READER_TOKEN, SKYVERN_KEY, bearer, pull
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from totp_service import crypto
+from tests.helpers_app import BASE32, SKYVERN_KEY, pull
+from tests.test_serve import Proc, _cli, store_env  # noqa: F401  (store_env is a fixture)
 from totp_service.cli_service import startup_line
 from totp_service.config import Settings
 from totp_service.servers import free_port
-from tests.helpers_app import BASE32, SKYVERN_KEY, pull
-from tests.test_serve import Proc, _cli, store_env  # noqa: F401  (store_env is a fixture)
+from totp_service.store import crypto
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from totp_service import bootstrap, crypto, otp, store
+from totp_service import otp, store
 from totp_service.config import load_settings
+from totp_service.store import crypto
+from totp_service.store.open import init_store, open_store
+from totp_service.store.sqlite import SqliteStore
 
 B32 = "JBSWY3DPEHPK3PXP"
 
@@ -31,14 +34,14 @@ def _snapshot(data_dir: Path) -> dict[str, bytes]:
 @pytest.fixture
 def opened(tmp_path: Path):
     settings = _settings(tmp_path / "d")
-    bootstrap.init_store(settings)
-    with bootstrap.open_store(settings) as s:
+    init_store(settings)
+    with open_store(settings) as s:
         yield settings, s
 
 
 def test_files_are_private(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "d")
-    bootstrap.init_store(settings)
+    init_store(settings)
     assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(settings.key_file_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(settings.database_path.stat().st_mode) == 0o600
@@ -88,37 +91,37 @@ def test_metadata_columns_cannot_change_codes(opened) -> None:
 
 def test_wrong_master_key_refused_and_store_unchanged(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "d")
-    bootstrap.init_store(settings)
-    with bootstrap.open_store(settings) as s:
+    init_store(settings)
+    with open_store(settings) as s:
         s.put_secret("alice", _spec())
     before = _snapshot(settings.data_dir)
     wrong = _settings(tmp_path / "d", TOTP_SERVICE_MASTER_KEY=crypto.MasterKey.generate().to_base64())
     with pytest.raises(crypto.WrongMasterKey, match="the master key does not open this store"):
-        bootstrap.open_store(wrong)
+        open_store(wrong)
     assert _snapshot(settings.data_dir) == before
 
 
 def test_passphrase_store_and_wrong_passphrase(tmp_path: Path) -> None:
     good = _settings(tmp_path / "d", TOTP_SERVICE_PASSPHRASE="correct horse battery staple")
-    result = bootstrap.init_store(good)
+    result = init_store(good)
     assert result.created_store and not result.created_key_file
     assert not good.key_file_path.exists()
-    with bootstrap.open_store(good) as s:
+    with open_store(good) as s:
         s.put_secret("alice", _spec())
     before = _snapshot(good.data_dir)
     bad = _settings(tmp_path / "d", TOTP_SERVICE_PASSPHRASE="wrong horse")
     with pytest.raises(crypto.WrongMasterKey):
-        bootstrap.open_store(bad)
+        open_store(bad)
     assert _snapshot(good.data_dir) == before
-    with bootstrap.open_store(good) as s:
+    with open_store(good) as s:
         assert s.get_spec("alice").secret == otp.decode_base32(B32)
 
 
 def test_init_twice_changes_nothing(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "d")
-    assert bootstrap.init_store(settings).created_store
+    assert init_store(settings).created_store
     before = _snapshot(settings.data_dir)
-    again = bootstrap.init_store(settings)
+    again = init_store(settings)
     assert not again.created_store and not again.created_key_file
     assert _snapshot(settings.data_dir) == before
 
@@ -132,13 +135,13 @@ def test_rotation_reencrypts_everything_and_old_key_opens_nothing(opened, tmp_pa
     assert s.get_spec("user3").secret == otp.decode_base32(B32)
     assert {m.key_id for m in s.list_meta()} == {new_key.key_id}
     with pytest.raises(crypto.WrongMasterKey):
-        store.Store(settings.database_path, old_key)
+        SqliteStore(settings.database_path, old_key)
     conn = sqlite3.connect(settings.database_path)
     sealed = conn.execute("SELECT sealed FROM secrets WHERE identifier='user1'").fetchone()[0]
     conn.close()
     with pytest.raises(crypto.DecryptionFailed):
         crypto.open_sealed(old_key, sealed, b"user1")
-    with store.Store(settings.database_path, new_key) as reopened:
+    with SqliteStore(settings.database_path, new_key) as reopened:
         assert reopened.count_secrets() == 5
 
 
@@ -195,12 +198,12 @@ def test_background_checkpoints_keep_the_wal_small(opened) -> None:
 
 def test_concurrent_writer_and_readers(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "d")
-    bootstrap.init_store(settings)
+    init_store(settings)
     errors: list[BaseException] = []
 
     def writer() -> None:
         try:
-            with bootstrap.open_store(settings) as s:
+            with open_store(settings) as s:
                 for i in range(100):
                     s.put_secret(f"w{i}", _spec())
         except BaseException as exc:  # pragma: no cover - reported below
@@ -208,7 +211,7 @@ def test_concurrent_writer_and_readers(tmp_path: Path) -> None:
 
     def reader() -> None:
         try:
-            with bootstrap.open_store(settings) as s:
+            with open_store(settings) as s:
                 for _ in range(100):
                     for meta in s.list_meta()[:5]:
                         s.get_spec(meta.identifier)
@@ -222,7 +225,7 @@ def test_concurrent_writer_and_readers(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    with bootstrap.open_store(settings) as s:
+    with open_store(settings) as s:
         assert s.count_secrets() == 100
         assert len(s.read_audit(limit=1000)) == 300
 
@@ -234,7 +237,7 @@ def test_newer_schema_is_refused(opened) -> None:
     conn.commit()
     conn.close()
     with pytest.raises(store.SchemaTooNew):
-        bootstrap.open_store(settings)
+        open_store(settings)
 
 
 def test_repr_of_keys_hides_them() -> None:
@@ -254,7 +257,7 @@ def test_version_1_store_migrates_forward(opened) -> None:
     conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (b"1",))
     conn.commit()
     conn.close()
-    with bootstrap.open_store(settings) as migrated:
+    with open_store(settings) as migrated:
         assert migrated.get_spec("alice").secret == otp.decode_base32(B32)
         before = migrated.secrets_version()
         migrated.put_secret("bob", _spec())

@@ -16,15 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from totp_service import otp
+from totp_service.identifiers import check_identifier, normalize_identifier
 from totp_service.state import ServiceState
 from totp_service.store import (
     AuditEntry,
     InvalidIdentifier,
     SecretExists,
     SecretNotFound,
-    StoreError,
-    check_identifier,
-    normalize_identifier,
+    STORE_INPUT_ERRORS,
 )
 from totp_service.web import (
     BadRequest,
@@ -77,7 +76,7 @@ def _store_errors(identifier: str | None = None) -> Iterator[None]:
         raise NotFound(str(exc)) from None
     except SecretExists:
         raise Conflict(f'a secret for {identifier!r} already exists (send "replace": true)') from None
-    except (otp.OtpFormatError, StoreError) as exc:
+    except (otp.OtpFormatError, *STORE_INPUT_ERRORS) as exc:
         raise BadRequest(str(exc)) from None
 
 

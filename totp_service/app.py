@@ -30,7 +30,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from totp_service import bootstrap
 from totp_service.admin import admin_routes
 from totp_service.audit_writer import AuditUnavailable
 from totp_service.config import Settings
@@ -38,6 +37,7 @@ from totp_service.openapi import openapi_document
 from totp_service.pull_http import ServerFault, handle_pull, is_pull
 from totp_service.state import ServiceState
 from totp_service.store import Store
+from totp_service.store.open import open_store
 from totp_service.web import ApiError, Unavailable, error_response, json_response
 
 Handler = Callable[[Request, ServiceState], Awaitable[Response]]
@@ -121,7 +121,7 @@ class TotpApp(Starlette):
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     """The service. Opens the store with the configured master key when none is given (and then
     closes it on shutdown); a wrong key raises here, before anything listens."""
-    state = ServiceState(settings, store or bootstrap.open_store(settings), owns_store=store is None)
+    state = ServiceState(settings, store or open_store(settings), owns_store=store is None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

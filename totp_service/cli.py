@@ -16,10 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from totp_service import bootstrap, crypto, otp
+from totp_service import otp
 from totp_service.config import ConfigError, Settings, load_settings
+from totp_service.identifiers import InvalidIdentifier, check_identifier, normalize_identifier
 from totp_service.qr import QrError, read_qr_text
-from totp_service.store import SecretMeta, Store, StoreError, check_identifier, normalize_identifier
+from totp_service.store import SecretMeta, StoreError, crypto
+from totp_service.store.open import init_store, open_store
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -42,7 +44,7 @@ def _iso(ts: float) -> str:
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    result = bootstrap.init_store(settings)
+    result = init_store(settings)
     if not result.created_store:
         print(f"already initialised: {result.database} (master key from {result.key_source}); nothing changed")
         return 0
@@ -56,7 +58,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
     new_path = Path(args.new_key_file).expanduser()
-    with bootstrap.open_store(settings) as store:
+    with open_store(settings) as store:
         if new_path.exists():
             new_key = crypto.load_key_file(new_path)
         else:
@@ -106,7 +108,7 @@ def _meta_line(meta: SecretMeta) -> str:
 
 def cmd_secret_add(args: argparse.Namespace, settings: Settings) -> int:
     spec = _spec_from_args(args)
-    with bootstrap.open_store(settings) as store:
+    with open_store(settings) as store:
         meta = store.put_secret(
             args.identifier,
             spec,
@@ -159,11 +161,11 @@ def cmd_secret_import(args: argparse.Namespace, settings: Settings) -> int:
                 raise UsageError(f"line {number}: an account has no name; give --map; nothing was imported")
             try:
                 items.append((check_identifier(identifier), spec))
-            except StoreError as exc:
+            except InvalidIdentifier as exc:
                 raise UsageError(f"line {number}: {exc}; nothing was imported") from None
     if not items:
         raise UsageError("no secrets found in the input")
-    with bootstrap.open_store(settings) as store:
+    with open_store(settings) as store:
         try:
             count = store.put_many(items, allowed_agents=args.allow_agent or (), replace=args.replace)
         except StoreError as exc:
@@ -173,7 +175,7 @@ def cmd_secret_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_secret_list(args: argparse.Namespace, settings: Settings) -> int:
-    with bootstrap.open_store(settings) as store:
+    with open_store(settings) as store:
         metas = store.list_meta()
     if args.json:
         _print_json([m.to_dict() for m in metas])
@@ -186,7 +188,7 @@ def cmd_secret_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_secret_show(args: argparse.Namespace, settings: Settings) -> int:
-    with bootstrap.open_store(settings) as store:
+    with open_store(settings) as store:
         meta = store.get_meta(args.identifier)
     if args.json:
         _print_json(meta.to_dict())
@@ -199,7 +201,7 @@ def cmd_secret_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_secret_remove(args: argparse.Namespace, settings: Settings) -> int:
-    with bootstrap.open_store(settings) as store:
+    with open_store(settings) as store:
         store.remove_secret(args.identifier)
     print(f"removed {normalize_identifier(args.identifier)}")
     return 0
@@ -207,7 +209,7 @@ def cmd_secret_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_code(args: argparse.Namespace, settings: Settings) -> int:
     at = time.time() if args.at is None else args.at
-    with bootstrap.open_store(settings) as store:
+    with open_store(settings) as store:
         meta = store.get_meta(args.identifier)
         spec = store.get_spec(args.identifier)
     code = otp.code_at(spec, at)
@@ -309,7 +311,7 @@ def _extension_registrars() -> list[Callable[[argparse._SubParsersAction], None]
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [
-        UsageError, ConfigError, StoreError, crypto.CryptoError, otp.OtpFormatError, QrError
+        UsageError, ConfigError, StoreError, InvalidIdentifier, crypto.CryptoError, otp.OtpFormatError, QrError
     ]
     try:
         from totp_service.skyvern import SkyvernError

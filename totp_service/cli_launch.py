@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from totp_service import bootstrap, launcher
+from totp_service import launcher
 from totp_service.config import Settings
-from totp_service.store import SecretNotFound, normalize_identifier
+from totp_service.identifiers import normalize_identifier
 from totp_service.run_request import (
     PROXY_LOCATIONS,
     RUN_WITH,
@@ -28,6 +28,8 @@ from totp_service.run_request import (
     proxy_from_flags,
     read_json_file,
 )
+from totp_service.store import SecretNotFound
+from totp_service.store.open import open_store
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -279,7 +281,7 @@ def cmd_url(args: argparse.Namespace, settings: Settings, interrupts: _Interrupt
     """A URL for an identifier the store does not hold would only ever answer 404: say so instead."""
     url = launcher.totp_url(settings, args.identifier)
     if settings.launcher.code_source == "local":
-        with bootstrap.open_store(settings) as store:
+        with open_store(settings) as store:
             if not store.has_secret(args.identifier):
                 raise SecretNotFound(normalize_identifier(args.identifier))
     print(url)

@@ -23,12 +23,12 @@ from typing import Any
 
 import uvicorn
 
-from totp_service import bootstrap
 from totp_service.app import create_app
 from totp_service.cli import UsageError
 from totp_service.config import Settings
 from totp_service.pull_protocol import PullProtocol
-from totp_service.store import AuditEntry, Store
+from totp_service.store import AuditEntry
+from totp_service.store.open import load_master_key, open_store
 from totp_service.tls import check_tls_files, readable_by_others
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -153,8 +153,8 @@ def _serve_forked(settings: Settings, workers: int) -> int:
     This process only supervises: it forwards SIGTERM/SIGINT, restarts a worker that dies
     (unless it died right after starting), and exits 0 after a clean shutdown.
     """
-    key = bootstrap.load_master_key(settings)  # once: a passphrase is stretched here, not per worker
-    with Store(settings.database_path, key) as store:  # a wrong master key stops us here
+    key = load_master_key(settings)  # once: a passphrase is stretched here, not per worker
+    with open_store(settings, key) as store:  # a wrong master key stops us here
         identifiers = store.count_secrets()
     config = uvicorn.Config(_no_app, **_uvicorn_options(settings))
     sock = config.bind_socket()
@@ -216,7 +216,7 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no co
 
 
 def _run_worker(settings: Settings, key: Any, sock: socket.socket) -> int:
-    store = Store(settings.database_path, key)
+    store = open_store(settings, key)
     try:
         app = create_app(settings, store)
         server = _WorkerServer(uvicorn.Config(app, **_uvicorn_options(settings)))
@@ -271,7 +271,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= args.limit <= 100000:
         raise UsageError("--limit must be between 1 and 100000")
     since = parse_since(args.since) if args.since else None
-    with bootstrap.open_store(settings) as store:
+    with open_store(settings) as store:
         entries = store.read_audit(args.identifier, since, args.limit)
     if args.json:
         print(json.dumps([{**e.to_dict(), "at_iso": _iso(e.at)} for e in entries], indent=2, ensure_ascii=False))

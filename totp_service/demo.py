@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from totp_service import bootstrap, crypto, otp
+from totp_service import otp
 from totp_service.config import Settings
 from totp_service.launcher import LaunchEvent, RunOutcome, launch_agent, totp_url
 from totp_service.servers import free_port, running_server
+from totp_service.store import crypto
+from totp_service.store.open import init_store, open_store
 
 IDENTIFIER = "demo@example.com"
 AGENT_ID = "wpid_demo_login"
@@ -66,7 +68,9 @@ def _explain(outcome: RunOutcome, sim_run: dict, mode: str, out: TextIO) -> bool
 
 def run_demo(out: TextIO = sys.stdout, timeout: float = 50.0) -> int:
     """Run both rehearsals; 0 when both runs completed, 1 otherwise."""
-    from totp_service.app import create_app  # the service (heavier imports: only when the demo runs)
+    from totp_service.app import (
+        create_app,  # the service (heavier imports: only when the demo runs)
+    )
     from totp_service.simulator import create_simulator_app
 
     began = time.monotonic()
@@ -81,11 +85,11 @@ def run_demo(out: TextIO = sys.stdout, timeout: float = 50.0) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="totp-service-demo-") as tmp:
             settings = demo_settings(Path(tmp) / "data", api_key)
-            bootstrap.init_store(settings)
+            init_store(settings)
             port = free_port()
             settings.server.port = port
             settings.server.public_url = f"http://127.0.0.1:{port}"
-            with bootstrap.open_store(settings) as store:
+            with open_store(settings) as store:
                 store.put_secret(IDENTIFIER, spec)
                 simulator = create_simulator_app([api_key], code_wait_timeout=timeout, **SIMULATOR_TIMINGS)
                 sim_state = simulator.state.simulator

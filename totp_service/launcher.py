@@ -22,10 +22,22 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from totp_service import bootstrap
 from totp_service.config import Settings
-from totp_service.pusher import CodeSource, CodeSourceError, LocalCodeSource, Pusher, PushEvent, RemoteCodeSource
-from totp_service.run_request import LaunchError, RequestError, check_max_steps, check_request
+from totp_service.identifiers import check_identifier, normalize_identifier
+from totp_service.pusher import (
+    CodeSource,
+    CodeSourceError,
+    LocalCodeSource,
+    Pusher,
+    PushEvent,
+    RemoteCodeSource,
+)
+from totp_service.run_request import (
+    LaunchError,
+    RequestError,
+    check_max_steps,
+    check_request,
+)
 from totp_service.skyvern import (
     FINAL_STATUSES,
     SkyvernAuthError,
@@ -33,7 +45,8 @@ from totp_service.skyvern import (
     SkyvernError,
     SkyvernNotFound,
 )
-from totp_service.store import Store, check_identifier, normalize_identifier
+from totp_service.store import Store
+from totp_service.store.open import open_store
 
 MODES: Final = ("url", "push")
 EXIT_CODES: Final = {"completed": 0, "failed": 3, "terminated": 4, "canceled": 5, "timed_out": 6}
@@ -166,7 +179,7 @@ def _resources(
     """Open what the mode needs (store, code source, client) and check the identifier is held."""
     with ExitStack() as stack:
         if store is None and settings.launcher.code_source == "local":
-            store = stack.enter_context(bootstrap.open_store(settings))
+            store = stack.enter_context(open_store(settings))
         source: CodeSource | None = None
         if mode == "push":
             source = open_code_source(settings, identifier, store)
@@ -175,7 +188,7 @@ def _resources(
         elif settings.launcher.code_source == "local":
             assert store is not None
             if not store.has_secret(identifier):
-                raise CodeSourceError(f"no secret for {normalize_identifier(identifier)!r} in the store {store.path}")
+                raise CodeSourceError(f"no secret for {normalize_identifier(identifier)!r} in the store {store.location}")
         else:
             remote = open_code_source(settings, identifier, store)
             stack.callback(remote.close)

@@ -16,11 +16,25 @@ from typing import Any
 
 from totp_service import signing
 from totp_service.audit_writer import AuditRow, AuditUnavailable
-from totp_service.crypto import CryptoError
-from totp_service.pull import PullBody, UnknownIdentifier, check_agent, parse_pull_body, plan, resolve_identifier
+from totp_service.identifiers import normalize_identifier
+from totp_service.pull import (
+    PullBody,
+    UnknownIdentifier,
+    check_agent,
+    parse_pull_body,
+    plan,
+    resolve_identifier,
+)
 from totp_service.state import ServiceState
-from totp_service.store import SecretNotFound, normalize_identifier
-from totp_service.web import ApiError, BadRequest, BodyTooLarge, Unauthorized, Unavailable
+from totp_service.store import SecretNotFound
+from totp_service.store.crypto import CryptoError
+from totp_service.web import (
+    ApiError,
+    BadRequest,
+    BodyTooLarge,
+    Unauthorized,
+    Unavailable,
+)
 
 WINDOW_MARGIN_SECONDS = 0.002  # wake just after a window opens, never just before
 JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]

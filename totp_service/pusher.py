@@ -11,7 +11,6 @@ tick: it never ends the run. No code ever appears in an event, a log line or an 
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +21,16 @@ from urllib.parse import quote
 import httpx
 
 from totp_service import otp
+from totp_service.identifiers import normalize_identifier
 from totp_service.run_request import LaunchError
 from totp_service.skyvern import SkyvernClient, SkyvernError
-from totp_service.store import CLAIM_RETENTION_SECONDS, AuditEntry, SecretNotFound, Store, normalize_identifier
+from totp_service.store import (
+    CLAIM_RETENTION_SECONDS,
+    AuditEntry,
+    SecretNotFound,
+    Store,
+    StoreBusy,
+)
 
 # A code needs at least this much of its window left to be worth pushing, whatever the settings say.
 MIN_VALIDITY_FLOOR = 0.5
@@ -80,14 +86,14 @@ class LocalCodeSource:
             self._spec = store.get_spec(self.identifier)
             meta = store.get_meta(self.identifier)
         except SecretNotFound:
-            raise CodeSourceError(f"no secret for {self.identifier!r} in the store {store.path}") from None
+            raise CodeSourceError(f"no secret for {self.identifier!r} in the store {store.location}") from None
         chosen = meta.min_validity_seconds if meta.min_validity_seconds is not None else min_validity
         self.min_validity = effective_min_validity(chosen, self._spec.period)
         self.single_use = single_use
         if single_use:  # `serve` prunes old claims hourly; a store only the CLI pushes from is pruned here
             try:
                 store.prune_claims(time.time() - CLAIM_RETENTION_SECONDS)
-            except sqlite3.Error:  # busy: the next launch (or the service) prunes
+            except StoreBusy:  # busy: the next launch (or the service) prunes
                 pass
 
     def __repr__(self) -> str:

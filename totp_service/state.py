@@ -12,7 +12,6 @@ claim (in the audit transaction) stays the authority.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 
@@ -21,10 +20,10 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from totp_service import otp, signing
 from totp_service.audit_writer import AuditWriter
 from totp_service.config import Settings
+from totp_service.identifiers import normalize_identifier
 from totp_service.metrics import Metrics
-from totp_service.store import SecretMeta, SecretNotFound, Store, normalize_identifier
+from totp_service.store import SecretMeta, Store
 from totp_service.web import iso_utc
-
 
 REVALIDATE_SECONDS = 0.05
 CACHE_MAX_ENTRIES = 10_000

@@ -1,4 +1,4 @@
-"""From `Settings` to an opened `Store`: where the master key comes from, and `init`.
+"""From `Settings` to an opened `Store`: which backend, where the master key comes from, and `init`.
 
 Key sources, first match wins: TOTP_SERVICE_MASTER_KEY, TOTP_SERVICE_PASSPHRASE (scrypt, salt
 kept in the store), the key file in the data directory.
@@ -10,9 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from totp_service import crypto
 from totp_service.config import Settings
-from totp_service.store import Store, StoreError, read_meta_value
+from totp_service.store import crypto
+from totp_service.store.base import Store, StoreError
+from totp_service.store.sqlite import SqliteStore
+from totp_service.store.sqlite_schema import read_meta_value
 
 SALT_META = "kdf_salt"
 
@@ -45,9 +47,10 @@ def load_master_key(settings: Settings) -> crypto.MasterKey:
     return crypto.load_key_file(settings.key_file_path)
 
 
-def open_store(settings: Settings) -> Store:
-    """Open the store; raises WrongMasterKey (and writes nothing) when the key does not fit."""
-    return Store(settings.database_path, load_master_key(settings))
+def open_store(settings: Settings, key: crypto.MasterKey | None = None) -> Store:
+    """Open the store (with `key`, else the configured one); raises WrongMasterKey, and writes
+    nothing, when the key does not fit."""
+    return SqliteStore(settings.database_path, key or load_master_key(settings))
 
 
 def ensure_data_dir(path: Path) -> None:
@@ -76,5 +79,5 @@ def init_store(settings: Settings) -> InitResult:
     else:
         key = crypto.create_key_file(settings.key_file_path)
         created_key_file = True
-    Store(database, key, create=True, meta=meta).close()
+    SqliteStore(database, key, create=True, meta=meta).close()
     return InitResult(True, created_key_file, key_source(settings), data_dir, database)

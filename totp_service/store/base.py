@@ -1,0 +1,252 @@
+"""The one store interface that the service, the CLI and the launcher use, and the records it holds.
+
+Vault's `physical` backends are the model: everything above this file talks to `Store`; each
+backend is one file beside it. Only ciphertext and non-secret metadata reach a backend: the sealed
+blob holds the whole TotpSpec, so metadata columns are for display and cannot change a code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from totp_service import otp
+from totp_service.identifiers import InvalidIdentifier
+from totp_service.store import crypto
+
+CLAIM_RETENTION_SECONDS = 86400.0  # single-use claims older than this are pruned (their windows closed long ago)
+CLAIM_PRUNE_INTERVAL_SECONDS = 3600.0  # how often a serving process prunes them
+
+# A single-use claim: (identifier, window counter). Taken at most once, ever, per store.
+Claim = tuple[str, int]
+
+
+class StoreError(Exception):
+    """Base of the store's errors; messages are safe to show to a user."""
+
+
+class StoreMissing(StoreError):
+    pass
+
+
+class StoreBusy(StoreError):
+    """The backend could not take the write now (locked, busy); trying later may work."""
+
+
+class SchemaTooNew(StoreError):
+    pass
+
+
+class SecretExists(StoreError):
+    def __init__(self, identifier: str) -> None:
+        super().__init__(f"a secret for {identifier!r} already exists (use --replace to overwrite it)")
+
+
+class SecretNotFound(StoreError):
+    def __init__(self, identifier: str) -> None:
+        super().__init__(f"no secret for {identifier!r}")
+
+
+# Identifier errors are raised below the store (identifiers.py) and caught with the store's own.
+STORE_INPUT_ERRORS = (StoreError, InvalidIdentifier)
+
+
+@dataclass(frozen=True)
+class SecretMeta:
+    """What may be shown about a secret: never the secret itself."""
+
+    identifier: str
+    algorithm: str
+    digits: int
+    period: int
+    issuer: str | None
+    account: str | None
+    allowed_agents: list[str] = field(default_factory=list)
+    min_validity_seconds: float | None = None
+    key_id: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Binding:
+    kind: str  # "run" (task / workflow run id) or "agent" (wpid_…)
+    ref: str
+    identifier: str
+    expires_at: float | None = None
+    created_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    outcome: str  # "served", "empty" or "refused:<reason>"
+    identifier: str | None = None
+    task_id: str | None = None
+    workflow_run_id: str | None = None
+    workflow_permanent_id: str | None = None
+    client: str | None = None
+    route: str | None = None
+    detail: str | None = None
+    at: float = field(default_factory=time.time)
+    id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seal_spec(key: crypto.MasterKey, identifier: str, spec: otp.TotpSpec) -> bytes:
+    """The whole spec, sealed with the identifier as associated data (every backend stores this)."""
+    plain = json.dumps(
+        {
+            "secret": base64.b64encode(spec.secret).decode("ascii"),
+            "algorithm": spec.algorithm,
+            "digits": spec.digits,
+            "period": spec.period,
+            "issuer": spec.issuer,
+            "account": spec.account,
+        }
+    ).encode("utf-8")
+    return crypto.seal(key, plain, identifier.encode("utf-8"))
+
+
+def open_spec(key: crypto.MasterKey, identifier: str, sealed: bytes) -> otp.TotpSpec:
+    data = json.loads(crypto.open_sealed(key, sealed, identifier.encode("utf-8"), what=repr(identifier)))
+    data["secret"] = base64.b64decode(data["secret"])
+    return otp.TotpSpec(**data)
+
+
+class Store(ABC):
+    """A store of sealed secrets, bindings, the audit trail and single-use claims.
+
+    Implementations are safe to share between threads. Every method that writes does so in one
+    transaction: all of it, or nothing.
+    """
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the store lives, for messages (a path, or a URL without its password)."""
+
+    @property
+    @abstractmethod
+    def key_id(self) -> str:
+        """The fingerprint of the master key this store was opened with."""
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def start_background_checkpoints(
+        self, interval: float = 0.25, prune_every: float = CLAIM_PRUNE_INTERVAL_SECONDS
+    ) -> None:
+        """Start the backend's housekeeping for a long-running server (default: none)."""
+
+    def stop_background_checkpoints(self) -> None:
+        """Stop what `start_background_checkpoints` started."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- secrets ---------------------------------------------------------------------------
+
+    def put_secret(
+        self,
+        identifier: str,
+        spec: otp.TotpSpec,
+        *,
+        allowed_agents: Sequence[str] = (),
+        min_validity_seconds: float | None = None,
+        replace: bool = False,
+    ) -> SecretMeta:
+        self.put_many([(identifier, spec)], allowed_agents=allowed_agents,
+                      min_validity_seconds=min_validity_seconds, replace=replace)
+        return self.get_meta(identifier)
+
+    @abstractmethod
+    def put_many(
+        self,
+        items: Iterable[tuple[str, otp.TotpSpec]],
+        *,
+        allowed_agents: Sequence[str] = (),
+        min_validity_seconds: float | None = None,
+        replace: bool = False,
+    ) -> int:
+        """Store several secrets in one transaction: all of them, or none."""
+
+    @abstractmethod
+    def get_spec(self, identifier: str) -> otp.TotpSpec: ...
+
+    @abstractmethod
+    def get_meta(self, identifier: str) -> SecretMeta: ...
+
+    @abstractmethod
+    def list_meta(self) -> list[SecretMeta]: ...
+
+    @abstractmethod
+    def count_secrets(self) -> int: ...
+
+    @abstractmethod
+    def has_secret(self, identifier: str) -> bool: ...
+
+    @abstractmethod
+    def remove_secret(self, identifier: str) -> None: ...
+
+    @abstractmethod
+    def secrets_version(self) -> int:
+        """A counter bumped on every change to any secret, by any process."""
+
+    @abstractmethod
+    def rotate_key(self, new_key: crypto.MasterKey, meta: dict[str, bytes] | None = None) -> int:
+        """Re-seal every row under `new_key` in one transaction; afterwards the old key opens nothing."""
+
+    # --- bindings --------------------------------------------------------------------------
+
+    @abstractmethod
+    def put_binding(self, kind: str, ref: str, identifier: str, expires_at: float | None = None) -> Binding: ...
+
+    @abstractmethod
+    def find_binding(self, kind: str, ref: str, now: float | None = None) -> Binding | None: ...
+
+    @abstractmethod
+    def list_bindings(self) -> list[Binding]: ...
+
+    @abstractmethod
+    def remove_binding(self, kind: str, ref: str) -> bool: ...
+
+    # --- audit and single-use claims -------------------------------------------------------
+
+    @abstractmethod
+    def write_audit(self, items: Sequence[tuple[AuditEntry, Claim | None]]) -> list[bool]:
+        """Commit audit rows, each with an optional single-use claim, in one transaction.
+
+        Returns, per item, whether its claim was new (True when it had none). A claim already
+        taken means that window's code went out before and must not be handed out again; its
+        row is then recorded as `window_taken`, not as what the caller meant to do.
+        """
+
+    @abstractmethod
+    def read_audit(
+        self, identifier: str | None = None, since: float | None = None, limit: int = 100
+    ) -> list[AuditEntry]: ...
+
+    @abstractmethod
+    def is_claimed(self, identifier: str, counter: int) -> bool: ...
+
+    @abstractmethod
+    def prune_claims(self, before: float) -> int:
+        """Forget claims made before `before` whose window had closed by then; how many went."""
