@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pyotp
 
-from totp_service import otp, signing
+from totp_service import imports, otp, signing
 from totp_service.app import create_app
 from totp_service.config import AdminToken, Settings
 from totp_service.servers import running_server
@@ -44,7 +44,7 @@ def make_settings(tmp_path: Path, **codes: Any) -> Settings:
 
 
 def add_secret(settings: Settings, identifier: str, base32: str = BASE32, **options: Any) -> otp.TotpSpec:
-    spec = otp.spec_from_base32(base32, period=options.pop("period", 30))
+    spec = imports.spec_from_base32(base32, period=options.pop("period", 30))
     with open_store(settings) as store:
         store.put_secret(identifier, spec, **options)
     return spec

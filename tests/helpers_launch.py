@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from totp_service import otp
+from totp_service import imports
 from totp_service.config import AdminToken, Settings
 from totp_service.servers import free_port, running_server
 from totp_service.simulator import SimulatorState, create_simulator_app
@@ -109,7 +109,7 @@ def make_env(tmp_path: Path, sim: Sim, *, secret: str = SECRET, identifier: str 
     settings.admin.tokens.append(AdminToken(READER_TOKEN, "reader"))
     init_store(settings)
     with open_store(settings) as store:
-        store.put_secret(identifier, otp.spec_from_base32(secret, period=PERIOD))
+        store.put_secret(identifier, imports.spec_from_base32(secret, period=PERIOD))
     config = tmp_path / "config.yaml"
     config.write_text(
         f"codes: {{min_validity_seconds: {MIN_VALIDITY}, max_hold_seconds: 3}}\n"

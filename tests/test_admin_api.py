@@ -16,7 +16,7 @@ from tests.helpers_app import (
     pull,
     running_service,
 )
-from totp_service import otp
+from totp_service import imports
 from totp_service.state import REVALIDATE_SECONDS
 from totp_service.store.open import open_store
 
@@ -107,7 +107,7 @@ def test_a_replaced_secret_is_served_at_once(tmp_path) -> None:
         assert second in {expected_code(OTHER_BASE32, before), expected_code(OTHER_BASE32, time.time())}
         # a change made by another process (the CLI) is seen within REVALIDATE_SECONDS
         with open_store(settings) as other:
-            other.put_secret("alice", otp.spec_from_base32(BASE32), replace=True)
+            other.put_secret("alice", imports.spec_from_base32(BASE32), replace=True)
         time.sleep(REVALIDATE_SECONDS + 0.01)
         before = time.time()
         third = pull(client, "/totp/alice", {"task_id": "t"}).json()["verification_code"]

@@ -7,7 +7,7 @@ import base64
 import pyotp
 import pytest
 
-from totp_service import otp
+from totp_service import imports, otp
 
 RFC_SECRETS = {
     "SHA1": b"12345678901234567890",
@@ -34,7 +34,7 @@ def test_rfc6238_vectors(when: int, index: int, algorithm: str) -> None:
 
 
 def test_uri_with_issuer_label_and_percent_encoding() -> None:
-    spec = otp.parse_uri("otpauth://totp/ACME%20Co:alice%40example.com?secret=jbswy3dpehpk3pxp&issuer=ACME%20Co")
+    spec = imports.parse_uri("otpauth://totp/ACME%20Co:alice%40example.com?secret=jbswy3dpehpk3pxp&issuer=ACME%20Co")
     assert spec.issuer == "ACME Co"
     assert spec.account == "alice@example.com"
     assert spec.secret == base64.b32decode(B32)
@@ -42,17 +42,17 @@ def test_uri_with_issuer_label_and_percent_encoding() -> None:
 
 
 def test_uri_parameters_and_issuer_from_label_only() -> None:
-    spec = otp.parse_uri(f"otpauth://totp/Site:bob?secret={B32}&algorithm=sha256&digits=8&period=60")
+    spec = imports.parse_uri(f"otpauth://totp/Site:bob?secret={B32}&algorithm=sha256&digits=8&period=60")
     assert (spec.issuer, spec.account, spec.algorithm, spec.digits, spec.period) == ("Site", "bob", "SHA256", 8, 60)
 
 
 @pytest.mark.parametrize("text", ["jbsw y3dp ehpk 3pxp", "JBSWY3DPEHPK3PXP====", "jbswy3dp-ehpk3pxp", " JBSWY3DPEHPK3PXP\n"])
 def test_base32_forms_apps_accept(text: str) -> None:
-    assert otp.decode_base32(text) == base64.b32decode(B32)
+    assert imports.decode_base32(text) == base64.b32decode(B32)
 
 
 def test_80_bit_secret_codes_match_an_independent_hotp() -> None:
-    spec = otp.spec_from_base32(B32)
+    spec = imports.spec_from_base32(B32)
     assert len(spec.secret) == 10
     for t in (0, 59, 1_700_000_000, 1_700_000_031):
         assert otp.code_at(spec, t) == _hotp_reference(spec.secret, t // 30)
@@ -60,7 +60,7 @@ def test_80_bit_secret_codes_match_an_independent_hotp() -> None:
 
 def test_codes_match_pyotp_for_long_secrets() -> None:
     b32 = base64.b32encode(RFC_SECRETS["SHA256"]).decode()
-    spec = otp.spec_from_base32(b32, algorithm="SHA256")
+    spec = imports.spec_from_base32(b32, algorithm="SHA256")
     import hashlib
 
     assert otp.code_at(spec, 1_700_000_000) == pyotp.TOTP(b32, digest=hashlib.sha256).at(1_700_000_000)
@@ -97,7 +97,7 @@ def _hotp_reference(secret: bytes, counter: int) -> str:
 )
 def test_refusals_say_which(uri: str, message: str) -> None:
     with pytest.raises(otp.OtpFormatError, match=message) as info:
-        otp.parse_uri(uri)
+        imports.parse_uri(uri)
     assert B32 not in str(info.value)
 
 
@@ -143,26 +143,26 @@ def test_google_authenticator_export_with_many_accounts() -> None:
             {"secret": b"B" * 32, "name": "Shop:bob", "algorithm": 2, "digits": 2},
         ]
     )
-    first, second = otp.parse_migration(uri)
+    first, second = imports.parse_migration(uri)
     assert (first.account, first.issuer, first.secret, first.digits) == ("alice@example.com", "ACME", b"A" * 20, 6)
     assert (second.account, second.issuer, second.algorithm, second.digits) == ("bob", "Shop", "SHA256", 8)
 
 
 def test_google_authenticator_export_refuses_hotp_and_garbage() -> None:
     with pytest.raises(otp.OtpFormatError, match="HOTP"):
-        otp.parse_migration(migration_uri([{"secret": b"A" * 20, "name": "x", "type": 1}]))
+        imports.parse_migration(migration_uri([{"secret": b"A" * 20, "name": "x", "type": 1}]))
     with pytest.raises(otp.OtpFormatError, match="not valid base64"):
-        otp.parse_migration("otpauth-migration://offline?data=***")
+        imports.parse_migration("otpauth-migration://offline?data=***")
     with pytest.raises(otp.OtpFormatError, match="truncated"):
-        otp.parse_migration("otpauth-migration://offline?data=" + base64.b64encode(b"\x0a\x50abc").decode())
+        imports.parse_migration("otpauth-migration://offline?data=" + base64.b64encode(b"\x0a\x50abc").decode())
 
 
 def test_window_timing() -> None:
-    spec = otp.spec_from_base32(B32, period=30)
+    spec = imports.spec_from_base32(B32, period=30)
     assert otp.window_start(spec, 1_700_000_015.5) == 1_700_000_010
     assert otp.seconds_left(spec, 1_700_000_015.5) == pytest.approx(24.5)
 
 
 def test_spec_repr_hides_secret() -> None:
-    spec = otp.spec_from_base32(B32)
+    spec = imports.spec_from_base32(B32)
     assert "secret" not in repr(spec) and B32 not in repr(spec) and repr(spec.secret) not in repr(spec)

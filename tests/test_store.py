@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from totp_service import otp, store
+from totp_service import imports, otp, store
 from totp_service.config import load_settings
 from totp_service.store import crypto
 from totp_service.store.open import init_store, open_store
@@ -24,7 +24,7 @@ def _settings(data_dir: Path, **env: str):
 
 
 def _spec(b32: str = B32) -> otp.TotpSpec:
-    return otp.spec_from_base32(b32)
+    return imports.spec_from_base32(b32)
 
 
 def _snapshot(data_dir: Path) -> dict[str, bytes]:
@@ -51,7 +51,7 @@ def test_only_ciphertext_is_stored(opened) -> None:
     settings, s = opened
     s.put_secret("alice@example.com", _spec())
     raw = settings.database_path.read_bytes() + Path(str(settings.database_path) + "-wal").read_bytes()
-    assert otp.decode_base32(B32) not in raw
+    assert imports.decode_base32(B32) not in raw
     assert B32.encode() not in raw
 
 
@@ -73,7 +73,7 @@ def test_row_copied_under_another_identifier_fails_to_open(opened) -> None:
                  "WHERE identifier='mallory'")
     conn.commit()
     conn.close()
-    assert s.get_spec("alice").secret == otp.decode_base32(B32)
+    assert s.get_spec("alice").secret == imports.decode_base32(B32)
     with pytest.raises(crypto.DecryptionFailed, match="mallory"):
         s.get_spec("mallory")
 
@@ -114,7 +114,7 @@ def test_passphrase_store_and_wrong_passphrase(tmp_path: Path) -> None:
         open_store(bad)
     assert _snapshot(good.data_dir) == before
     with open_store(good) as s:
-        assert s.get_spec("alice").secret == otp.decode_base32(B32)
+        assert s.get_spec("alice").secret == imports.decode_base32(B32)
 
 
 def test_init_twice_changes_nothing(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_rotation_reencrypts_everything_and_old_key_opens_nothing(opened, tmp_pa
     s.put_many([(f"user{i}", _spec()) for i in range(5)])
     new_key = crypto.MasterKey.generate()
     assert s.rotate_key(new_key) == 5
-    assert s.get_spec("user3").secret == otp.decode_base32(B32)
+    assert s.get_spec("user3").secret == imports.decode_base32(B32)
     assert {m.key_id for m in s.list_meta()} == {new_key.key_id}
     with pytest.raises(crypto.WrongMasterKey):
         SqliteStore(settings.database_path, old_key)
@@ -154,7 +154,7 @@ def test_put_many_is_all_or_nothing(opened) -> None:
     with pytest.raises(store.SecretExists):
         s.put_secret("taken", _spec())
     s.put_secret("taken", _spec("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"), replace=True)
-    assert s.get_spec("taken").secret == otp.decode_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ")
+    assert s.get_spec("taken").secret == imports.decode_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ")
 
 
 def test_allow_list_and_bindings(opened) -> None:
@@ -258,7 +258,7 @@ def test_version_1_store_migrates_forward(opened) -> None:
     conn.commit()
     conn.close()
     with open_store(settings) as migrated:
-        assert migrated.get_spec("alice").secret == otp.decode_base32(B32)
+        assert migrated.get_spec("alice").secret == imports.decode_base32(B32)
         before = migrated.secrets_version()
         migrated.put_secret("bob", _spec())
         migrated.remove_secret("alice")
@@ -285,7 +285,7 @@ def _old_claim(path: Path, identifier: str, counter: int, at: float) -> None:
 def test_prune_claims_drops_closed_windows_only(opened) -> None:
     settings, s = opened
     s.put_secret("alice", _spec())  # 30 s windows
-    s.put_secret("hourly", otp.spec_from_base32(B32, period=3600))
+    s.put_secret("hourly", imports.spec_from_base32(B32, period=3600))
     now = time.time()
     old = now - 2 * 86400
     _old_claim(settings.database_path, "alice", int(old // 30), old)

@@ -15,15 +15,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from totp_service import otp
+from totp_service import imports, otp
 from totp_service.identifiers import check_identifier, normalize_identifier
 from totp_service.state import ServiceState
 from totp_service.store import (
+    STORE_INPUT_ERRORS,
     AuditEntry,
     InvalidIdentifier,
     SecretExists,
     SecretNotFound,
-    STORE_INPUT_ERRORS,
 )
 from totp_service.web import (
     BadRequest,
@@ -93,7 +93,7 @@ def _spec_from_body(data: dict[str, Any]) -> otp.TotpSpec:
     if uri is not None:
         if not isinstance(uri, str):
             raise BadRequest('"uri" must be a string')
-        specs = otp.parse_line(uri)
+        specs = imports.parse_line(uri)
         if len(specs) != 1:
             raise BadRequest(f"the export holds {len(specs)} accounts; send one secret per identifier")
         return specs[0]
@@ -107,7 +107,7 @@ def _spec_from_body(data: dict[str, Any]) -> otp.TotpSpec:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise BadRequest(f'"{name}" must be {"a string" if kind is str else "a whole number"}')
         params[name] = value
-    return otp.spec_from_base32(secret, **params)
+    return imports.spec_from_base32(secret, **params)
 
 
 async def put_secret(request: Request, state: ServiceState) -> Response:

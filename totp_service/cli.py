@@ -16,10 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from totp_service import otp
+from totp_service import imports, otp
 from totp_service.config import ConfigError, Settings, load_settings
-from totp_service.identifiers import InvalidIdentifier, check_identifier, normalize_identifier
-from totp_service.qr import QrError, read_qr_text
+from totp_service.identifiers import (
+    InvalidIdentifier,
+    check_identifier,
+    normalize_identifier,
+)
+from totp_service.imports.qr import QrError, read_qr_text
 from totp_service.store import SecretMeta, StoreError, crypto
 from totp_service.store.open import init_store, open_store
 
@@ -92,12 +96,12 @@ def _spec_from_args(args: argparse.Namespace) -> otp.TotpSpec:
     params = {name: value for name in ("algorithm", "digits", "period")
               if (value := getattr(args, name)) is not None}
     if args.secret:
-        return otp.spec_from_base32(args.secret, **params)
+        return imports.spec_from_base32(args.secret, **params)
     text = args.uri or (read_qr_text(Path(args.qr)) if args.qr else sys.stdin.read())
     if params and text.strip().lower().startswith("otpauth"):
         given = " and ".join(f"--{name}" for name in params)
         raise UsageError(f"{given} only apply to a bare base32 secret: an otpauth URI carries its own parameters")
-    return otp.parse_uri(text) if args.uri else otp.parse_any(text, **params)
+    return imports.parse_uri(text) if args.uri else imports.parse_any(text, **params)
 
 
 def _meta_line(meta: SecretMeta) -> str:
@@ -151,7 +155,7 @@ def cmd_secret_import(args: argparse.Namespace, settings: Settings) -> int:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            specs = otp.parse_line(line)
+            specs = imports.parse_line(line)
         except otp.OtpFormatError as exc:
             raise UsageError(f"line {number}: {exc}; nothing was imported") from None
         for spec in specs:
