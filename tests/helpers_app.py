@@ -15,9 +15,9 @@ import httpx
 import pyotp
 
 from totp_service import imports, otp, signing
-from totp_service.app import create_app
 from totp_service.config import AdminToken, Settings
-from totp_service.servers import running_server
+from totp_service.service.app import create_app
+from totp_service.service.servers import running_server
 from totp_service.store import Store
 from totp_service.store.open import init_store, open_store
 

@@ -21,7 +21,7 @@ import pytest
 
 from totp_service import imports
 from totp_service.config import AdminToken, Settings
-from totp_service.servers import free_port, running_server
+from totp_service.service.servers import free_port, running_server
 from totp_service.simulator import SimulatorState, create_simulator_app
 from totp_service.skyvern import SkyvernClient
 from totp_service.store import crypto
@@ -123,7 +123,7 @@ def make_env(tmp_path: Path, sim: Sim, *, secret: str = SECRET, identifier: str 
 @contextmanager
 def service(env: Env) -> Iterator[str]:
     """The real totp service (pull endpoint, /healthz, /v1/codes) on the env's public URL."""
-    from totp_service.app import create_app
+    from totp_service.service.app import create_app
 
     with running_server(create_app(env.settings), port=env.settings.server.port) as base:
         yield base

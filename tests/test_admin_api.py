@@ -17,7 +17,7 @@ from tests.helpers_app import (
     running_service,
 )
 from totp_service import imports
-from totp_service.state import REVALIDATE_SECONDS
+from totp_service.service.state import REVALIDATE_SECONDS
 from totp_service.store.open import open_store
 
 ADMIN_ROUTES = [

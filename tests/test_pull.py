@@ -26,8 +26,9 @@ from tests.helpers_app import (
 from tests.helpers_app import (
     pull as signed_pull,
 )
-from totp_service import pull, signing
-from totp_service.pull import Plan, plan
+from totp_service import signing
+from totp_service.service import pull_rules as pull
+from totp_service.service.pull_rules import Plan, plan
 
 
 def _codes_around(base32: str, before: float, after: float, period: int = 30) -> set[str]:

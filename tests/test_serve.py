@@ -26,7 +26,7 @@ from tests.helpers_app import (
     bearer,
     pull,
 )
-from totp_service.servers import free_port
+from totp_service.service.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

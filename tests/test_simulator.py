@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from totp_service.servers import running_server
+from totp_service.service.servers import running_server
 from totp_service.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from totp_service.simulator import SimulatorState, create_simulator_app
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from totp_service.servers import free_port, running_server
+from totp_service.service.servers import free_port, running_server
 from totp_service.simulator import SimulatorState, create_simulator_app
 from totp_service.skyvern import (
     FINAL_STATUSES,

@@ -23,13 +23,13 @@ from typing import Any
 
 import uvicorn
 
-from totp_service.app import create_app
 from totp_service.cli import UsageError
 from totp_service.config import Settings
-from totp_service.pull_protocol import PullProtocol
+from totp_service.service.app import create_app
+from totp_service.service.pull_protocol import PullProtocol
+from totp_service.service.tls import check_tls_files, readable_by_others
 from totp_service.store import AuditEntry
 from totp_service.store.open import load_master_key, open_store
-from totp_service.tls import check_tls_files, readable_by_others
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")

@@ -21,7 +21,7 @@ from typing import TextIO
 from totp_service import otp
 from totp_service.config import Settings
 from totp_service.launcher import LaunchEvent, RunOutcome, launch_agent, totp_url
-from totp_service.servers import free_port, running_server
+from totp_service.service.servers import free_port, running_server
 from totp_service.store import crypto
 from totp_service.store.open import init_store, open_store
 
@@ -68,7 +68,7 @@ def _explain(outcome: RunOutcome, sim_run: dict, mode: str, out: TextIO) -> bool
 
 def run_demo(out: TextIO = sys.stdout, timeout: float = 50.0) -> int:
     """Run both rehearsals; 0 when both runs completed, 1 otherwise."""
-    from totp_service.app import (
+    from totp_service.service.app import (
         create_app,  # the service (heavier imports: only when the demo runs)
     )
     from totp_service.simulator import create_simulator_app

@@ -15,9 +15,16 @@ import time
 from typing import Any
 
 from totp_service import signing
-from totp_service.audit_writer import AuditRow, AuditUnavailable
 from totp_service.identifiers import normalize_identifier
-from totp_service.pull import (
+from totp_service.service.audit import AuditRow, AuditUnavailable
+from totp_service.service.http import (
+    ApiError,
+    BadRequest,
+    BodyTooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from totp_service.service.pull_rules import (
     PullBody,
     UnknownIdentifier,
     check_agent,
@@ -25,16 +32,9 @@ from totp_service.pull import (
     plan,
     resolve_identifier,
 )
-from totp_service.state import ServiceState
+from totp_service.service.state import ServiceState
 from totp_service.store import SecretNotFound
 from totp_service.store.crypto import CryptoError
-from totp_service.web import (
-    ApiError,
-    BadRequest,
-    BodyTooLarge,
-    Unauthorized,
-    Unavailable,
-)
 
 WINDOW_MARGIN_SECONDS = 0.002  # wake just after a window opens, never just before
 JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]

@@ -6,7 +6,7 @@ checks) cost as much time as the pull itself: a bare protocol on the same parser
 constant ~4x as fast as uvicorn answers it through ASGI. A pull needs none of that.
 
 How: every connection starts here and is parsed by httptools, the parser uvicorn uses. A
-`POST /totp[/...]` is answered by `pull_http.answer` (the same rules, audit and errors as the
+`POST /totp[/...]` is answered by `pull.answer` (service/pull.py) (the same rules, audit and errors as the
 ASGI form) and its response written in one piece. At the first request that is anything else,
 the connection is handed to uvicorn's own HttpToolsProtocol with the bytes read since that
 request began, the way uvicorn hands a connection to its WebSocket protocol; from then on
@@ -30,7 +30,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from totp_service.pull_http import (
+from totp_service.service.http import BodyTooLarge
+from totp_service.service.pull import (
     JSON_HEADERS,
     SERVER_FAULT_BODY,
     SIGNATURE,
@@ -40,8 +41,7 @@ from totp_service.pull_http import (
     is_pull_path,
     new_trail,
 )
-from totp_service.state import ServiceState
-from totp_service.web import BodyTooLarge
+from totp_service.service.state import ServiceState
 
 MAX_HEAD_BYTES = 65536  # request line and headers; more is refused (400) and the connection closed
 MAX_QUEUED_PULLS = 16  # pipelined pulls waiting on one connection before reading pauses
@@ -54,7 +54,7 @@ _JSON_HEAD = b"".join(b"%s: %s\r\n" % header for header in JSON_HEADERS) + b"con
 _PIPELINED_BODY = (b'{"error":"bad_request","detail":"a request other than a pull cannot be pipelined '
                    b'behind a pull on one connection"}')
 
-log = logging.getLogger("totp_service.pull")
+log = logging.getLogger("totp_service.service.pull_rules")
 access_log = logging.getLogger("uvicorn.access")
 
 class QueuedPull(NamedTuple):

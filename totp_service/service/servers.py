@@ -11,8 +11,8 @@ from typing import Any
 
 import uvicorn
 
-from totp_service.app import TotpApp
-from totp_service.pull_protocol import PullProtocol
+from totp_service.service.app import TotpApp
+from totp_service.service.pull_protocol import PullProtocol
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -18,12 +18,12 @@ import time
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from totp_service import otp, signing
-from totp_service.audit_writer import AuditWriter
 from totp_service.config import Settings
 from totp_service.identifiers import normalize_identifier
-from totp_service.metrics import Metrics
+from totp_service.service.audit import AuditWriter
+from totp_service.service.http import iso_utc
+from totp_service.service.metrics import Metrics
 from totp_service.store import SecretMeta, Store
-from totp_service.web import iso_utc
 
 REVALIDATE_SECONDS = 0.05
 CACHE_MAX_ENTRIES = 10_000

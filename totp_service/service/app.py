@@ -3,7 +3,7 @@
 `create_app(settings, store=None)` builds everything a running service holds (ServiceState) and
 ties the audit writer to the app's lifespan. Under `serve`, pulls never reach the app: its own
 HTTP protocol answers them (pull_protocol.py). Under any other ASGI server, or on a connection
-that protocol handed to uvicorn, they go straight to a bare ASGI handler (pull_http.py): the
+that protocol handed to uvicorn, they go straight to a bare ASGI handler (pull.py): the
 framework's routing and middleware would cost half the throughput there. Everything else is
 ordinary Starlette routes.
 
@@ -30,15 +30,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from totp_service.admin import admin_routes
-from totp_service.audit_writer import AuditUnavailable
 from totp_service.config import Settings
-from totp_service.openapi import openapi_document
-from totp_service.pull_http import ServerFault, handle_pull, is_pull
-from totp_service.state import ServiceState
+from totp_service.service.admin import admin_routes
+from totp_service.service.audit import AuditUnavailable
+from totp_service.service.http import (
+    ApiError,
+    Unavailable,
+    error_response,
+    json_response,
+)
+from totp_service.service.openapi import openapi_document
+from totp_service.service.pull import ServerFault, handle_pull, is_pull
+from totp_service.service.state import ServiceState
 from totp_service.store import Store
 from totp_service.store.open import open_store
-from totp_service.web import ApiError, Unavailable, error_response, json_response
 
 Handler = Callable[[Request, ServiceState], Awaitable[Response]]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from totp_service.web import BadRequest, Forbidden, NotFound
+from totp_service.service.http import BadRequest, Forbidden, NotFound
 
 BODY_FIELDS = ("task_id", "workflow_run_id", "workflow_permanent_id")
 MAX_ID_CHARS = 512

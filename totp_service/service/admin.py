@@ -17,15 +17,7 @@ from starlette.responses import Response
 
 from totp_service import imports, otp
 from totp_service.identifiers import check_identifier, normalize_identifier
-from totp_service.state import ServiceState
-from totp_service.store import (
-    STORE_INPUT_ERRORS,
-    AuditEntry,
-    InvalidIdentifier,
-    SecretExists,
-    SecretNotFound,
-)
-from totp_service.web import (
+from totp_service.service.http import (
     BadRequest,
     Conflict,
     Forbidden,
@@ -37,6 +29,14 @@ from totp_service.web import (
     parse_json_object,
     parse_time,
     read_body,
+)
+from totp_service.service.state import ServiceState
+from totp_service.store import (
+    STORE_INPUT_ERRORS,
+    AuditEntry,
+    InvalidIdentifier,
+    SecretExists,
+    SecretNotFound,
 )
 
 Handler = Callable[[Request, ServiceState], Awaitable[Response]]
