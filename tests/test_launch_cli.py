@@ -27,7 +27,7 @@ from helpers_launch import (
 )
 
 from totp_service.cli_launch import StatusPrinter
-from totp_service.launcher import LaunchEvent
+from totp_service.launcher.runs import LaunchEvent
 
 OTHER_SECRET = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
 

@@ -28,10 +28,10 @@ from helpers_launch import (
 )
 
 from totp_service import attach_pusher, launch_agent, launch_task, totp_url
-from totp_service.launcher import CloudNeedsPush, RunOutcome, ServiceNotReady
-from totp_service.pusher import CodeSourceError
-from totp_service.run_request import RequestError
-from totp_service.skyvern import SkyvernRunStartUnknown
+from totp_service.launcher.client import SkyvernRunStartUnknown
+from totp_service.launcher.pusher import CodeSourceError
+from totp_service.launcher.request import RequestError
+from totp_service.launcher.runs import CloudNeedsPush, RunOutcome, ServiceNotReady
 
 
 @pytest.fixture
@@ -234,7 +234,7 @@ def test_exit_codes_per_final_status() -> None:
 
 
 def test_code_too_close_to_expiry_waits_for_the_next_window(env: Env) -> None:
-    from totp_service.pusher import LocalCodeSource, Pusher
+    from totp_service.launcher.pusher import LocalCodeSource, Pusher
     from totp_service.store.open import open_store
 
     started = httpx.post(f"{env.sim.base}/v1/run/agents", headers={"x-api-key": API_KEY},
@@ -265,7 +265,7 @@ def test_code_too_close_to_expiry_waits_for_the_next_window(env: Env) -> None:
 
 
 def test_a_local_code_source_prunes_old_single_use_claims(env: Env) -> None:
-    from totp_service.pusher import LocalCodeSource
+    from totp_service.launcher.pusher import LocalCodeSource
     from totp_service.store import CLAIM_RETENTION_SECONDS, AuditEntry
     from totp_service.store.open import open_store
 

@@ -318,7 +318,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         UsageError, ConfigError, StoreError, InvalidIdentifier, crypto.CryptoError, otp.OtpFormatError, QrError
     ]
     try:
-        from totp_service.skyvern import SkyvernError
+        from totp_service.launcher.client import SkyvernError
     except ImportError:  # pragma: no cover - the client module is part of the package
         pass
     else:

@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from totp_service import launcher
 from totp_service.config import Settings
 from totp_service.identifiers import normalize_identifier
-from totp_service.run_request import (
+from totp_service.launcher.request import (
     PROXY_LOCATIONS,
     RUN_WITH,
     TASK_ENGINES,
@@ -28,6 +27,7 @@ from totp_service.run_request import (
     proxy_from_flags,
     read_json_file,
 )
+from totp_service.launcher import runs as launcher
 from totp_service.store import SecretNotFound
 from totp_service.store.open import open_store
 

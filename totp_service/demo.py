@@ -20,7 +20,7 @@ from typing import TextIO
 
 from totp_service import otp
 from totp_service.config import Settings
-from totp_service.launcher import LaunchEvent, RunOutcome, launch_agent, totp_url
+from totp_service.launcher.runs import LaunchEvent, RunOutcome, launch_agent, totp_url
 from totp_service.service.servers import free_port, running_server
 from totp_service.store import crypto
 from totp_service.store.open import init_store, open_store

@@ -22,8 +22,8 @@ import httpx
 
 from totp_service import otp
 from totp_service.identifiers import normalize_identifier
-from totp_service.run_request import LaunchError
-from totp_service.skyvern import SkyvernClient, SkyvernError
+from totp_service.launcher.client import SkyvernClient, SkyvernError
+from totp_service.launcher.request import LaunchError
 from totp_service.store import (
     CLAIM_RETENTION_SECONDS,
     AuditEntry,

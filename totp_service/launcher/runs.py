@@ -24,7 +24,14 @@ import httpx
 
 from totp_service.config import Settings
 from totp_service.identifiers import check_identifier, normalize_identifier
-from totp_service.pusher import (
+from totp_service.launcher.client import (
+    FINAL_STATUSES,
+    SkyvernAuthError,
+    SkyvernClient,
+    SkyvernError,
+    SkyvernNotFound,
+)
+from totp_service.launcher.pusher import (
     CodeSource,
     CodeSourceError,
     LocalCodeSource,
@@ -32,18 +39,11 @@ from totp_service.pusher import (
     PushEvent,
     RemoteCodeSource,
 )
-from totp_service.run_request import (
+from totp_service.launcher.request import (
     LaunchError,
     RequestError,
     check_max_steps,
     check_request,
-)
-from totp_service.skyvern import (
-    FINAL_STATUSES,
-    SkyvernAuthError,
-    SkyvernClient,
-    SkyvernError,
-    SkyvernNotFound,
 )
 from totp_service.store import Store
 from totp_service.store.open import open_store
