@@ -23,7 +23,7 @@ from totp_service import imports
 from totp_service.config import AdminToken, Settings
 from totp_service.launcher.client import SkyvernClient
 from totp_service.service.servers import free_port, running_server
-from totp_service.simulator import SimulatorState, create_simulator_app
+from totp_service.simulator.app import SimulatorState, create_simulator_app
 from totp_service.store import crypto
 from totp_service.store.open import init_store, open_store
 

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from totp_service.service.servers import running_server
 from totp_service.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from totp_service.simulator import SimulatorState, create_simulator_app
+from totp_service.simulator.app import SimulatorState, create_simulator_app
 
 API_KEY = "sk-test-org-key"
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"

@@ -20,7 +20,7 @@ from totp_service.launcher.client import (
     SkyvernValidationError,
 )
 from totp_service.service.servers import free_port, running_server
-from totp_service.simulator import SimulatorState, create_simulator_app
+from totp_service.simulator.app import SimulatorState, create_simulator_app
 
 API_KEY = "sk-client-test-key"
 FAST = dict(poll_interval=0.1, first_poll_delay=0.05, queue_delay=0.05, typing_delay=0.1, code_wait_timeout=30.0)

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from totp_service.config import Settings
 from totp_service.identifiers import normalize_identifier
+from totp_service.launcher import runs as launcher
 from totp_service.launcher.request import (
     PROXY_LOCATIONS,
     RUN_WITH,
@@ -27,7 +28,6 @@ from totp_service.launcher.request import (
     proxy_from_flags,
     read_json_file,
 )
-from totp_service.launcher import runs as launcher
 from totp_service.store import SecretNotFound
 from totp_service.store.open import open_store
 

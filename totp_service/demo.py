@@ -71,7 +71,7 @@ def run_demo(out: TextIO = sys.stdout, timeout: float = 50.0) -> int:
     from totp_service.service.app import (
         create_app,  # the service (heavier imports: only when the demo runs)
     )
-    from totp_service.simulator import create_simulator_app
+    from totp_service.simulator.app import create_simulator_app
 
     began = time.monotonic()
     stop = threading.Event()

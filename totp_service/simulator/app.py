@@ -27,17 +27,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from totp_service.simulator_runs import (
+from totp_service.simulator.options import (
     FINAL_STATUSES,
-    PushedCode,
-    RequestInvalid,
-    SimSecret,
     SimulatorOptions,
-    SimulatorState,
     normalize_identifier,
     parse_timestamp,
+)
+from totp_service.simulator.requests import RequestInvalid, validate_run_request
+from totp_service.simulator.runs import (
+    PushedCode,
+    SimSecret,
+    SimulatorState,
     run_lifecycle,
-    validate_run_request,
 )
 
 __all__ = ["FINAL_STATUSES", "SimulatorOptions", "SimulatorState", "create_simulator_app"]

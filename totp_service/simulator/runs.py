@@ -1,8 +1,9 @@
-"""The Skyvern simulator's model: options, run-request validation, state, and the run lifecycle.
+"""The Skyvern simulator's state and run lifecycle: secrets, pushed codes, runs, polling totp_url.
 
 Why: tests and the offline demo need a Skyvern that behaves like shared/SKYVERN.md says (signed
 totp_url polls, pushed codes counted only from ``started_at``, strict code checking at typing
-time) and that finishes in seconds. The HTTP layer lives in ``simulator.py``.
+time) and that finishes in seconds. The HTTP layer lives in ``app.py``, request validation in
+``requests.py``.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
-import ipaddress
 import json
 import re
 import secrets as _secrets
@@ -19,202 +18,21 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Final
-from urllib.parse import urlsplit
+from datetime import datetime
+from typing import Any
 
 import httpx
 import pyotp
 
 from totp_service.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, compact_json, sign
-
-FINAL_STATUSES: Final = frozenset({"completed", "failed", "terminated", "canceled", "timed_out"})
-PROXY_LOCATIONS: Final = frozenset(
-    {
-        "RESIDENTIAL", "RESIDENTIAL_ES", "RESIDENTIAL_IE", "RESIDENTIAL_GB", "RESIDENTIAL_IN",
-        "RESIDENTIAL_JP", "RESIDENTIAL_FR", "RESIDENTIAL_DE", "RESIDENTIAL_NZ", "RESIDENTIAL_PH",
-        "RESIDENTIAL_KR", "RESIDENTIAL_SA", "RESIDENTIAL_ZA", "RESIDENTIAL_AR", "RESIDENTIAL_AU",
-        "RESIDENTIAL_BR", "RESIDENTIAL_TR", "RESIDENTIAL_CA", "RESIDENTIAL_MX", "RESIDENTIAL_IT",
-        "RESIDENTIAL_NL", "RESIDENTIAL_ISP", "NONE", "US-CA", "US-NY", "US-TX", "US-FL", "US-WA",
-    }
+from totp_service.simulator.options import (
+    _DIGESTS,
+    FINAL_STATUSES,
+    SimulatorOptions,
+    _now,
+    iso,
+    normalize_identifier,
 )
-TASK_ENGINES: Final = frozenset({"skyvern-1.0", "skyvern-2.0", "openai-cua", "anthropic-cua", "ui-tars"})
-_DIGESTS: Final = {"SHA1": hashlib.sha1, "SHA256": hashlib.sha256, "SHA512": hashlib.sha512}
-
-
-@dataclass(frozen=True)
-class SimulatorOptions:
-    """Timings (seconds) and behaviour switches; Skyvern's real values are in the comments."""
-
-    poll_interval: float = 1.0  # Skyvern: ~10 s between polls
-    first_poll_delay: float = 0.2  # Skyvern: 10 s before the first poll
-    queue_delay: float = 0.1  # created/queued -> running
-    typing_delay: float = 1.0  # code received -> code typed (an LLM step sits in between)
-    code_wait_timeout: float = 60.0  # Skyvern: 15 min
-    totp_request_timeout: float = 5.0  # Skyvern: 30 s per totp_url request
-    totp_retry_delay: float = 0.2  # Skyvern: 5 s between attempts of one failed request
-    totp_attempts: int = 3  # Skyvern: 3 attempts per poll on connection errors/timeouts
-    url_then_pushed: bool = False  # Skyvern's code: with both set, only totp_url is asked (see note)
-    block_private_totp_url: bool = False  # True = behave like cloud Skyvern (400 blocked host)
-    reject_replayed_codes: bool = True  # the "site" refuses a code already used in its window
-    known_agents: tuple[str, ...] | None = None  # None = every wpid_ exists
-    app_url: str = "https://app.skyvern.com"
-
-
-class RequestInvalid(Exception):
-    """A run/push request Skyvern would refuse; carries the status and FastAPI-style detail."""
-
-    def __init__(self, status: int, detail: Any):
-        super().__init__(str(status))
-        self.status = status
-        self.detail = detail
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(moment: datetime | None) -> str | None:
-    """Skyvern serialises naive UTC timestamps (no zone suffix)."""
-    return None if moment is None else moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat()
-
-
-def normalize_identifier(identifier: str) -> str:
-    """Skyvern stores email-like identifiers trimmed and case-folded, others as given."""
-    trimmed = identifier.strip()
-    return trimmed.casefold() if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", trimmed) else identifier
-
-
-def parse_timestamp(value: str) -> datetime:
-    """ISO 8601 with ``Z``, an offset, or no zone (taken as UTC)."""
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    moment = datetime.fromisoformat(text)
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
-# -- request validation ----------------------------------------------------------------------
-
-
-def _err(loc: str, msg: str, value: Any = None, kind: str = "value_error") -> dict[str, Any]:
-    return {"type": kind, "loc": ["body", loc], "msg": msg, "input": value}
-
-
-def _check_optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], errors: list) -> None:
-    value = body.get(name)
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is int):
-        errors.append(_err(name, f"Input should be a valid {getattr(kind, '__name__', 'value')}", value))
-
-
-def _check_str_map(body: dict[str, Any], name: str, errors: list) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        errors.append(_err(name, "Input should be a valid dictionary of strings", value))
-
-
-def _check_url(body: dict[str, Any], name: str, errors: list) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        errors.append(_err(name, "Input should be a valid URL", value, "url_parsing"))
-
-
-def _check_proxy(value: Any, errors: list) -> None:
-    if value is None:
-        return
-    if isinstance(value, str):
-        if value not in PROXY_LOCATIONS:
-            errors.append(_err("proxy_location", "Input should be a valid proxy location", value, "enum"))
-        return
-    if isinstance(value, dict):
-        if set(value) == {"url"} and isinstance(value["url"], str):
-            scheme = urlsplit(value["url"]).scheme
-            if scheme in ("http", "https", "socks5") and urlsplit(value["url"]).hostname:
-                return
-        elif "country" in value and set(value) <= {"country", "subdivision", "city"}:
-            country = value["country"]
-            others_ok = all(isinstance(value.get(k), (str, type(None))) for k in ("subdivision", "city"))
-            if isinstance(country, str) and re.fullmatch(r"[A-Z]{2}", country) and others_ok:
-                return
-    errors.append(_err("proxy_location", "Input should be a valid proxy location", value))
-
-
-def is_private_host(url: str) -> bool:
-    """What cloud Skyvern refuses as a totp_url host: loopback, private, link-local, localhost."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_private or address.is_link_local or address.is_unspecified
-
-
-def _validate_common(body: dict[str, Any], errors: list) -> None:
-    for name in ("title", "totp_identifier", "browser_address", "browser_session_id", "browser_profile_id"):
-        _check_optional(body, name, str, errors)
-    for name in ("parameters",):
-        _check_optional(body, name, dict, errors)
-    for name in ("extra_http_headers", "cdp_connect_headers", "run_metadata"):
-        _check_str_map(body, name, errors)
-    for name in ("webhook_url", "totp_url"):
-        _check_url(body, name, errors)
-    _check_proxy(body.get("proxy_location"), errors)
-    _check_optional(body, "ai_fallback", bool, errors)
-    for name in ("max_screenshot_scrolls", "max_elapsed_time_minutes"):
-        _check_optional(body, name, int, errors)
-    scrolls = body.get("max_screenshot_scrolls")
-    if isinstance(scrolls, int) and scrolls < 0:
-        errors.append(_err("max_screenshot_scrolls", "Input should be greater than or equal to 0", scrolls))
-    minutes = body.get("max_elapsed_time_minutes")
-    if isinstance(minutes, int) and not isinstance(minutes, bool) and not 1 <= minutes <= 240:
-        errors.append(_err("max_elapsed_time_minutes", "Input should be between 1 and 240", minutes))
-    if body.get("run_with") not in (None, "agent", "code"):
-        errors.append(_err("run_with", "Input should be 'agent' or 'code'", body.get("run_with"), "enum"))
-    for name, prefix in (("browser_session_id", "pbs_"), ("browser_profile_id", "bp_")):
-        value = body.get(name)
-        if isinstance(value, str) and not value.startswith(prefix):
-            errors.append(_err(name, f"Value should start with {prefix}", value))
-
-
-def validate_run_request(body: Any, kind: str, options: SimulatorOptions) -> dict[str, Any]:
-    """Refuse what Skyvern refuses (422 field errors, 400 blocked host); return the stored request."""
-    if not isinstance(body, dict):
-        raise RequestInvalid(422, [{"type": "model_attributes_type", "loc": ["body"],
-                                    "msg": "Input should be a valid dictionary or object", "input": body}])
-    errors: list[dict[str, Any]] = []
-    request = dict(body)
-    if kind == "agent":
-        agent_id = request.get("agent_id") or request.get("workflow_id")
-        if not isinstance(agent_id, str) or not agent_id:
-            errors.append(_err("workflow_id", "Field required", None, "missing"))
-        else:
-            request["agent_id"] = agent_id
-            request.pop("workflow_id", None)
-    else:
-        prompt = request.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            errors.append(_err("prompt", "Field required", None, "missing"))
-        _check_url(request, "url", errors)
-        if request.get("engine") not in (None, *TASK_ENGINES):
-            errors.append(_err("engine", "Input should be a valid engine", request.get("engine"), "enum"))
-        _check_str_map(request, "error_code_mapping", errors)
-    _validate_common(request, errors)
-    if errors:
-        raise RequestInvalid(422, errors)
-    totp_url = request.get("totp_url")
-    if options.block_private_totp_url and totp_url and is_private_host(totp_url):
-        raise RequestInvalid(400, "Invalid totp_url: blocked host.")
-    if kind == "agent" and options.known_agents is not None and request["agent_id"] not in options.known_agents:
-        raise RequestInvalid(404, f"Workflow not found. workflow_permanent_id={request['agent_id']}")
-    return request
-
 
 # -- records ---------------------------------------------------------------------------------
 
