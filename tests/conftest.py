@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from totp_service import cli
+from totp_service.cli import main as cli_main
 
 _ENV_NAMES = (
     "TOTP_SERVICE_CONFIG", "TOTP_SERVICE_DATA_DIR", "TOTP_SERVICE_MASTER_KEY", "TOTP_SERVICE_PASSPHRASE",
@@ -50,7 +50,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch)
         if stdin is not None:
             monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
         try:
-            code = cli.main(list(args))
+            code = cli_main(list(args))
         except SystemExit as exc:  # argparse usage errors
             code = int(exc.code or 0)
         captured = capsys.readouterr()

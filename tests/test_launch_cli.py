@@ -26,7 +26,7 @@ from helpers_launch import (
     wait_until,
 )
 
-from totp_service.cli_launch import StatusPrinter
+from totp_service.cli.launch import StatusPrinter
 from totp_service.launcher.runs import LaunchEvent
 
 OTHER_SECRET = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.helpers_app import BASE32, SKYVERN_KEY, pull
 from tests.test_serve import Proc, _cli, store_env  # noqa: F401  (store_env is a fixture)
-from totp_service.cli_service import startup_line
+from totp_service.cli.serve import startup_line
 from totp_service.config import Settings
 from totp_service.service.servers import free_port
 from totp_service.store import crypto

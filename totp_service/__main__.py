@@ -1,3 +1,3 @@
-from totp_service.cli import main
+from totp_service.cli.main import main
 
 raise SystemExit(main())

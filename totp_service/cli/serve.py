@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 
-from totp_service.cli import UsageError
+from totp_service.cli.main import UsageError
 from totp_service.config import Settings
 from totp_service.service.app import create_app
 from totp_service.service.pull_protocol import PullProtocol

@@ -289,7 +289,7 @@ def cmd_url(args: argparse.Namespace, settings: Settings, interrupts: _Interrupt
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings, interrupts: _Interrupts) -> int:
-    from totp_service import demo  # starts servers: only imported when asked for
+    from totp_service.cli import demo  # starts servers: only imported when asked for
 
     return demo.run_demo(out=sys.stdout, timeout=args.timeout)
 
