@@ -65,7 +65,7 @@ class Service:
 
 
 # uvicorn's `http` option for running_service: None = as `serve` runs (pull_protocol.PullProtocol);
-# "httptools" = uvicorn's own protocol, so pulls go through the ASGI handler (pull_http.handle_pull)
+# "httptools" = uvicorn's own protocol, so pulls go through the ASGI handler (service/pull.py handle_pull)
 SERVER_PROTOCOL: str | None = None
 
 

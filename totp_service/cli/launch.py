@@ -1,7 +1,7 @@
 """`totp-service launch | launch-task | push | url | demo`: the launcher's command-line front.
 
 Why a module of its own: flags for every seed field, a live status line, signal handling and exit
-codes are the CLI's business; the logic lives in `launcher` / `run_request` / `pusher`.
+codes are the CLI's business; the logic lives in `launcher/` (runs, request, pusher).
 """
 
 from __future__ import annotations

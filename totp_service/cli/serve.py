@@ -1,6 +1,6 @@
 """`totp-service serve` and `totp-service audit`: the service's two commands.
 
-Why here: cli.py stays the front for the store; this module knows uvicorn and the app. A wrong
+Why here: cli/main.py stays the front for the store; this module knows uvicorn and the app. A wrong
 master key is found before anything listens (one line, exit 1); the start-up line says where the
 service listens, what it holds and every unsafe setting.
 """

@@ -4,7 +4,7 @@
 row committed before the code goes out, and every refusal mapped to its status and JSON. Two
 front ends feed it: serve's own HTTP protocol (pull_protocol.py) and `handle_pull`, the ASGI
 form for any other ASGI server (a framework's routing and middleware would cost half the
-throughput there). The rules themselves live in pull.py.
+throughput there). The rules themselves live in pull_rules.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ checks) cost as much time as the pull itself: a bare protocol on the same parser
 constant ~4x as fast as uvicorn answers it through ASGI. A pull needs none of that.
 
 How: every connection starts here and is parsed by httptools, the parser uvicorn uses. A
-`POST /totp[/...]` is answered by `pull.answer` (service/pull.py) (the same rules, audit and errors as the
+`POST /totp[/...]` is answered by `pull.answer` (service/pull.py: the same rules, audit and errors as the
 ASGI form) and its response written in one piece. At the first request that is anything else,
 the connection is handed to uvicorn's own HttpToolsProtocol with the bytes read since that
 request began, the way uvicorn hands a connection to its WebSocket protocol; from then on
