@@ -4,17 +4,25 @@
 parameters); `parse_line` one line of an import file. Every parser raises `OtpFormatError` with a
 message that names the problem and never holds the secret.
 
+`read_export` takes a whole export file (Aegis, 2FAS, andOTP, Bitwarden, FreeOTP+, 2FAuth, lines
+of otpauth URIs), finds its format with `detect`, and returns every entry; whatever the bytes, it
+raises only `ImportFileError` (a subclass of `OtpFormatError`) and its subclasses.
+
 May import: `otp` (and the standard library, `cryptography`). Nothing above it.
 """
 
 from __future__ import annotations
 
+from totp_service.imports.detect import FORMAT_NAMES, ReadExport, detect, read_export
+from totp_service.imports.entries import ImportedEntry, PasswordSource, describe, printable
+from totp_service.imports.errors import EntryError, ImportFileError, PasswordRequired, UnknownFormat, WrongPassword
 from totp_service.imports.google import parse_migration
 from totp_service.imports.otpauth import decode_base32, parse_uri, spec_from_base32
 from totp_service.otp import OtpFormatError, TotpSpec
 
-__all__ = ["OtpFormatError", "decode_base32", "parse_any", "parse_line", "parse_migration", "parse_uri",
-           "spec_from_base32"]
+__all__ = ["FORMAT_NAMES", "EntryError", "ImportFileError", "ImportedEntry", "OtpFormatError", "PasswordRequired",
+           "PasswordSource", "ReadExport", "UnknownFormat", "WrongPassword", "decode_base32", "describe", "detect",
+           "parse_any", "parse_line", "parse_migration", "parse_uri", "printable", "read_export", "spec_from_base32"]
 
 
 def parse_line(line: str) -> list[TotpSpec]:
