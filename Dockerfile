@@ -1,28 +1,35 @@
-# totp-service: the pull endpoint and admin API in a small image.
+# totp-service: the pull endpoint and admin API in a small image (README "Docker").
 #   docker build -t totp-service .
-#   docker run -d -p 8088:8088 -v totp-data:/data -e SKYVERN_API_KEY=... \
+#   docker run -d --name totp -p 8088:8088 -v totp-data:/data -e SKYVERN_API_KEY=... \
 #       -e TOTP_SERVICE_PUBLIC_URL=http://totp:8088 totp-service
-#   docker exec -i <container> totp-service secret add alice@example.com --stdin < secret.txt
+#   docker exec -i totp totp-service secret add alice@example.com --stdin < secret.txt
 # The first start creates the key file and database on the volume (`init` never overwrites them).
 # Back up the volume's master.key, or pass TOTP_SERVICE_MASTER_KEY instead of keeping it there.
+# A bind-mounted host folder must belong to the container's user: `chown 10001:10001 ./data`,
+# or run with `--user "$(id -u):$(id -g)"` on a folder you own.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     TOTP_SERVICE_DATA_DIR=/data
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY totp_service ./totp_service
+# uid/gid 10001: a regular account (above SYS_UID_MAX, so useradd does not warn), numeric in USER
+# so that Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
 RUN pip install . \
-    && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin totp \
+    && rm -rf /app/totp_service /app/build \
+    && groupadd --gid 10001 totp \
+    && useradd --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin totp \
     && mkdir -p /data \
-    && chown totp:totp /data \
+    && chown 10001:10001 /data \
     && chmod 0700 /data
 
-USER totp
+USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8088
 

@@ -22,6 +22,8 @@ def test_demo_completes_both_runs_quickly_without_showing_codes(tmp_path) -> Non
     assert "1/2 url mode" in out and "2/2 push mode" in out
     assert len(re.findall(r"OK: run wr_\w+ completed", out)) == 2
     assert "both runs completed" in out
+    waits = [float(w) for w in re.findall(r"waiting (\d+(?:\.\d+)?)s", out)]
+    assert all(w <= 5.0 for w in waits), out  # the push half never sits out a whole window
     assert not re.search(r"\b\d{6}\b", out), "a one-time code was printed"
     assert not re.search(r"\b[A-Z2-7]{16,}\b", out), "something like a base32 secret was printed"
     assert "sk-demo-" not in out + result.stderr

@@ -96,7 +96,7 @@ def test_wrong_master_key_refused_and_store_unchanged(tmp_path: Path) -> None:
         s.put_secret("alice", _spec())
     before = _snapshot(settings.data_dir)
     wrong = _settings(tmp_path / "d", TOTP_SERVICE_MASTER_KEY=crypto.MasterKey.generate().to_base64())
-    with pytest.raises(crypto.WrongMasterKey, match="the master key does not open this store"):
+    with pytest.raises(crypto.WrongMasterKey, match="TOTP_SERVICE_MASTER_KEY does not open the store"):
         open_store(wrong)
     assert _snapshot(settings.data_dir) == before
 

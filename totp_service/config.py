@@ -114,6 +114,7 @@ class LauncherSettings:
 class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     key_file: Path | None = None
+    refuse_readable_files: bool = False  # refuse, not just announce, a key file or database others may read
     master_key: str | None = field(default=None, repr=False)
     passphrase: str | None = field(default=None, repr=False)
     server: ServerSettings = field(default_factory=ServerSettings)

@@ -27,7 +27,7 @@ from totp_service.store.open import init_store, open_store
 
 IDENTIFIER = "demo@example.com"
 AGENT_ID = "wpid_demo_login"
-PERIOD = 10  # short windows keep the rehearsal quick; real secrets usually have 30 s
+PERIOD = 5  # short windows: the push half (single use) waits at most one for a fresh code; real secrets have 30 s
 SIMULATOR_TIMINGS = dict(poll_interval=0.5, first_poll_delay=0.3, queue_delay=0.5, typing_delay=0.5)
 
 
@@ -35,7 +35,7 @@ def demo_settings(data_dir: Path, api_key: str) -> Settings:
     settings = Settings(data_dir=data_dir, source="demo")
     settings.master_key = crypto.MasterKey.generate().to_base64()
     settings.skyvern.api_key = api_key
-    settings.codes.min_validity_seconds = 3.0
+    settings.codes.min_validity_seconds = 2.0
     settings.codes.max_hold_seconds = 8.0
     settings.launcher.status_interval_seconds = 0.25
     settings.server.access_log = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -24,8 +25,10 @@ from totp_service.identifiers import (
     normalize_identifier,
 )
 from totp_service.imports.qr import QrError, read_qr_text
+from totp_service.cli.paste import PasteError, read_pasted_line
 from totp_service.store import SecretMeta, StoreError, crypto
-from totp_service.store.open import init_store, open_store
+from totp_service.store.files import UnsafeFileError
+from totp_service.store.open import init_store, open_store, unsafe_file_lines
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -97,11 +100,21 @@ def _spec_from_args(args: argparse.Namespace) -> otp.TotpSpec:
               if (value := getattr(args, name)) is not None}
     if args.secret:
         return imports.spec_from_base32(args.secret, **params)
-    text = args.uri or (read_qr_text(Path(args.qr)) if args.qr else sys.stdin.read())
+    text = args.uri or (read_qr_text(Path(args.qr)) if args.qr else _read_stdin())
     if params and text.strip().lower().startswith("otpauth"):
         given = " and ".join(f"--{name}" for name in params)
         raise UsageError(f"{given} only apply to a bare base32 secret: an otpauth URI carries its own parameters")
     return imports.parse_uri(text) if args.uri else imports.parse_any(text, **params)
+
+
+def _read_stdin() -> str:
+    """From a pipe: everything, as given. On a terminal: one hidden line that Enter ends."""
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    try:
+        return read_pasted_line()
+    except PasteError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _meta_line(meta: SecretMeta) -> str:
@@ -211,8 +224,27 @@ def cmd_secret_remove(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_MAX_UNIX_SECONDS = 1e11  # year 5138: anything larger is milliseconds (or nonsense), not seconds
+
+
+def _unix_seconds(text: str) -> float:
+    """`--at`: unix seconds, as `date +%s` prints them."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UsageError(f"--at takes unix seconds (e.g. {int(time.time())}); {text!r} is not a number")
+    if value < 0:
+        raise UsageError(f"--at takes unix seconds since 1970; {text} is negative")
+    if value >= _MAX_UNIX_SECONDS:
+        raise UsageError(f"--at takes unix seconds (e.g. {int(time.time())}); {text} is far too large "
+                         "(milliseconds? divide by 1000)")
+    return value
+
+
 def cmd_code(args: argparse.Namespace, settings: Settings) -> int:
-    at = time.time() if args.at is None else args.at
+    at = time.time() if args.at is None else _unix_seconds(args.at)
     with open_store(settings) as store:
         meta = store.get_meta(args.identifier)
         spec = store.get_spec(args.identifier)
@@ -238,7 +270,7 @@ def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--uri", help="an otpauth://totp/... URI")
     add.add_argument("--secret", help="a base32 secret (prefer --stdin: it stays out of shell history)")
     add.add_argument("--stdin", action="store_true", help="read a URI or base32 secret from standard input")
-    add.add_argument("--qr", metavar="IMAGE", help="a screenshot of the QR code (extra: totp-service[qr])")
+    add.add_argument("--qr", metavar="IMAGE", help="a screenshot of the QR code (qr extra: pip install '.[qr]')")
     add.add_argument("--algorithm", help="SHA1 (default), SHA256 or SHA512 (with a bare base32 secret)")
     add.add_argument("--digits", type=int, help="6 (default), 7 or 8 (with a bare base32 secret)")
     add.add_argument("--period", type=int, help="seconds per code, default 30 (with a bare base32 secret)")
@@ -269,14 +301,28 @@ def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
     rm.set_defaults(handler=cmd_secret_remove)
 
 
+def _add_global_flags(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument("--config", metavar="FILE", default=default,
+                        help="YAML config (default: $TOTP_SERVICE_CONFIG)")
+    parser.add_argument("--data-dir", metavar="DIR", default=default,
+                        help="data directory (default: $TOTP_SERVICE_DATA_DIR or ~/.local/share/totp-service)")
+
+
+def _subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += [child, *_subcommand_parsers(child)]
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="totp-service",
         description="Self-hosted TOTP codes for Skyvern runs: encrypted store, signed totp_url, push launcher.",
     )
-    parser.add_argument("--config", metavar="FILE", help="YAML config (default: $TOTP_SERVICE_CONFIG)")
-    parser.add_argument("--data-dir", metavar="DIR", help="data directory (default: $TOTP_SERVICE_DATA_DIR "
-                        "or ~/.local/share/totp-service)")
+    _add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = sub.add_parser("init", help="create the data dir, key file and database (safe to rerun)")
@@ -290,12 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     code = sub.add_parser("code", help="print the current code and the seconds it has left")
     code.add_argument("identifier")
-    code.add_argument("--at", type=float, metavar="UNIX_SECONDS", help="compute for this time instead of now")
+    code.add_argument("--at", metavar="UNIX_SECONDS", help="compute for this time instead of now (unix seconds)")
     code.add_argument("--json", action="store_true")
     code.set_defaults(handler=cmd_code)
 
     for register in _extension_registrars():
         register(sub)
+    for child in _subcommand_parsers(parser):  # `code ID --data-dir X` works as well as before `code`
+        _add_global_flags(child, default=argparse.SUPPRESS)
     return parser
 
 
@@ -315,7 +363,8 @@ def _extension_registrars() -> list[Callable[[argparse._SubParsersAction], None]
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [
-        UsageError, ConfigError, StoreError, InvalidIdentifier, crypto.CryptoError, otp.OtpFormatError, QrError
+        UsageError, ConfigError, StoreError, InvalidIdentifier, crypto.CryptoError, otp.OtpFormatError, QrError,
+        UnsafeFileError,
     ]
     try:
         from totp_service.launcher.client import SkyvernError
@@ -326,6 +375,14 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _warn_unsafe_files(args: argparse.Namespace, settings: Settings) -> None:
+    """Readable key file or database: one line per file (serve puts them in its start-up line)."""
+    if args.command in ("serve", "demo") or settings.refuse_readable_files:
+        return
+    for line in unsafe_file_lines(settings):
+        print(f"totp-service: warning: {line}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)  # anything we create (WAL files, keys) is owner-only
     parser = build_parser()
@@ -333,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = {"data_dir": Path(args.data_dir).expanduser()} if args.data_dir else None
         settings = load_settings(args.config, overrides=overrides)
+        _warn_unsafe_files(args, settings)
         handler: Handler = args.handler
         return handler(args, settings)
     except _known_errors() as exc:

@@ -29,7 +29,7 @@ from totp_service.service.app import create_app
 from totp_service.service.pull_protocol import PullProtocol
 from totp_service.service.tls import check_tls_files, readable_by_others
 from totp_service.store import AuditEntry
-from totp_service.store.open import load_master_key, open_store
+from totp_service.store.open import load_master_key, open_store, unsafe_file_lines
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -37,6 +37,13 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 # --- serve -----------------------------------------------------------------------------------
+
+
+def _admin_api_part(admins: int, readers: int) -> str:
+    if not admins and not readers:
+        return "admin API off (no token)"
+    plural = lambda n, what: f"{n} {what} token{'' if n == 1 else 's'}"  # noqa: E731
+    return f"admin API on ({plural(admins, 'admin')}, {plural(readers, 'reader')})"
 
 
 def startup_line(settings: Settings, identifiers: int) -> str:
@@ -51,8 +58,7 @@ def startup_line(settings: Settings, identifiers: int) -> str:
         f"{keys} Skyvern key(s)",
         f"workers {max(1, server.workers)}",
     ]
-    if not settings.tokens_for("admin") and not settings.tokens_for("reader"):
-        parts.append("admin API off (no token)")
+    parts.append(_admin_api_part(len(settings.tokens_for("admin")), len(settings.tokens_for("reader"))))
     warnings = []
     if server.allow_unsigned:
         warnings.append("UNSAFE server.allow_unsigned is true: UNSIGNED PULLS ARE ANSWERED")
@@ -62,6 +68,7 @@ def startup_line(settings: Settings, identifiers: int) -> str:
         warnings.append(f"UNSAFE bound to {server.host} without TLS (use a TLS proxy or server.tls_cert/tls_key)")
     if server.tls_key and readable_by_others(server.tls_key):
         warnings.append(f"UNSAFE server.tls_key {server.tls_key} is readable by other users (chmod 600 it)")
+    warnings += unsafe_file_lines(settings)
     if "*" in server.trusted_proxies:
         warnings.append("UNSAFE server.trusted_proxies is *: any client can name any address in the audit trail")
     if server.max_timestamp_skew_seconds is not None:

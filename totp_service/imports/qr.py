@@ -15,7 +15,8 @@ def read_qr_text(path: Path) -> str:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise QrError(
-            "reading QR images needs the optional extra: pip install 'totp-service[qr]'"
+            "reading QR images needs the optional qr extra (zxing-cpp, Pillow): "
+            "pip install '.[qr]' in a totp-service checkout"
         ) from None
     try:
         with Image.open(path) as image:

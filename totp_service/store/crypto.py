@@ -34,8 +34,8 @@ class KeyFormatError(CryptoError):
 
 
 class WrongMasterKey(CryptoError):
-    def __init__(self) -> None:
-        super().__init__("the master key does not open this store")
+    def __init__(self, message: str = "the master key does not open this store") -> None:
+        super().__init__(message)
 
 
 class DecryptionFailed(CryptoError):
@@ -112,7 +112,7 @@ def verify_check_value(key: MasterKey, check: bytes) -> None:
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Create a file readable by its owner only; refuse to overwrite (O_EXCL)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)

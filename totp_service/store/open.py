@@ -1,7 +1,9 @@
 """From `Settings` to an opened `Store`: which backend, where the master key comes from, and `init`.
 
 Key sources, first match wins: TOTP_SERVICE_MASTER_KEY, TOTP_SERVICE_PASSPHRASE (scrypt, salt
-kept in the store), the key file in the data directory.
+kept in the store), the key file in the data directory. The data directory, the key file and the
+database must be the running user's and writable by nobody else (files.py); when one cannot be
+used, or the key does not fit, the message says which source was used and what to do.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from totp_service.config import Settings
-from totp_service.store import crypto
-from totp_service.store.base import Store, StoreError
+from totp_service.store import crypto, files
+from totp_service.store.base import Store, StoreError, StoreMissing
 from totp_service.store.sqlite import SqliteStore
 from totp_service.store.sqlite_schema import read_meta_value
 
@@ -36,6 +38,31 @@ def key_source(settings: Settings) -> str:
     return f"key file {settings.key_file_path}"
 
 
+def _uses_key_file(settings: Settings) -> bool:
+    return not settings.master_key and not settings.passphrase
+
+
+def _missing_key_file(settings: Settings) -> StoreError:
+    """Why there is no key: a fresh machine, a passphrase store, or a key file lost."""
+    database, key_file = settings.database_path, settings.key_file_path
+    if not database.exists() or database.stat().st_size == 0:
+        return StoreMissing(f"no store at {database} and no key file {key_file} (run `totp-service init`)")
+    if read_meta_value(database, SALT_META) is not None:
+        return StoreError(f"the store {database} is protected by a passphrase (its salt is in the store): "
+                          "set TOTP_SERVICE_PASSPHRASE")
+    return StoreError(f"key file {key_file} is missing but the store {database} exists: restore it from your "
+                      "backup (or set TOTP_SERVICE_MASTER_KEY to that key); no new key can open this store")
+
+
+def _read_key_file(settings: Settings) -> crypto.MasterKey:
+    path = settings.key_file_path
+    try:
+        text, _ = files.read_key_file(path)
+    except files.KeyFileMissing:
+        raise _missing_key_file(settings) from None
+    return crypto.MasterKey.from_base64(text, source=f"key file {path}")
+
+
 def load_master_key(settings: Settings) -> crypto.MasterKey:
     if settings.master_key:
         return crypto.MasterKey.from_base64(settings.master_key, source="TOTP_SERVICE_MASTER_KEY")
@@ -44,28 +71,64 @@ def load_master_key(settings: Settings) -> crypto.MasterKey:
         if salt is None:
             raise StoreError("this store was not created with a passphrase (no salt in it)")
         return crypto.MasterKey.from_passphrase(settings.passphrase, salt)
-    return crypto.load_key_file(settings.key_file_path)
+    return _read_key_file(settings)
+
+
+def _wrong_key(settings: Settings) -> crypto.WrongMasterKey:
+    database = settings.database_path
+    if settings.master_key:
+        overridden = (f"; it overrides the key file {settings.key_file_path} (unset it to use that file)"
+                      if os.path.lexists(settings.key_file_path) else "")
+        return crypto.WrongMasterKey(f"TOTP_SERVICE_MASTER_KEY does not open the store {database}{overridden}")
+    if settings.passphrase:
+        return crypto.WrongMasterKey(f"TOTP_SERVICE_PASSPHRASE does not open the store {database} (wrong passphrase)")
+    return crypto.WrongMasterKey(f"key file {settings.key_file_path} does not open the store {database} "
+                                 "(the key of another store?)")
+
+
+def unsafe_file_lines(settings: Settings) -> list[str]:
+    """One UNSAFE line for each key file or database that other users may read."""
+    candidates = [("database", settings.database_path)]
+    if _uses_key_file(settings):
+        candidates.insert(0, ("key file", settings.key_file_path))
+    return [files.unsafe_readable_line(what, path) for what, path in candidates if files.readable_by_others_at(path)]
+
+
+def check_store_files(settings: Settings) -> None:
+    """Refuse a data dir or database we must not trust (and readable ones when the setting says so)."""
+    files.check_data_dir(settings.data_dir)
+    files.check_database(settings.database_path)
+    if settings.refuse_readable_files and (unsafe := unsafe_file_lines(settings)):
+        raise files.UnsafeFileError(f"{unsafe[0].removeprefix('UNSAFE ')}; refuse_readable_files is on")
 
 
 def open_store(settings: Settings, key: crypto.MasterKey | None = None) -> Store:
     """Open the store (with `key`, else the configured one); raises WrongMasterKey, and writes
     nothing, when the key does not fit."""
-    return SqliteStore(settings.database_path, key or load_master_key(settings))
+    check_store_files(settings)
+    key = key or load_master_key(settings)
+    try:
+        return SqliteStore(settings.database_path, key)
+    except crypto.WrongMasterKey:
+        raise _wrong_key(settings) from None
 
 
-def ensure_data_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+def _new_key_file(path: Path) -> crypto.MasterKey:
+    try:
+        return crypto.create_key_file(path)
+    except OSError as exc:
+        raise files.UnsafeFileError(f"cannot create key file {path} ({files.os_reason(exc)})") from None
 
 
 def init_store(settings: Settings) -> InitResult:
     """Create data dir (0700), key file (0600) and database (0600); never overwrite anything."""
     data_dir = settings.data_dir
     database = settings.database_path
+    files.make_data_dir(data_dir)
     if database.exists() and database.stat().st_size > 0:
         open_store(settings).close()  # proves the key still fits; changes nothing
         return InitResult(False, False, key_source(settings), data_dir, database)
-    ensure_data_dir(data_dir)
+    check_store_files(settings)
     created_key_file = False
     meta: dict[str, bytes] = {}
     if settings.master_key:
@@ -74,10 +137,13 @@ def init_store(settings: Settings) -> InitResult:
         salt = crypto.new_salt()
         key = crypto.MasterKey.from_passphrase(settings.passphrase, salt)
         meta[SALT_META] = salt
-    elif settings.key_file_path.exists():
-        key = crypto.load_key_file(settings.key_file_path)
+    elif os.path.lexists(settings.key_file_path):  # a link to nowhere is refused, not replaced
+        key = _read_key_file(settings)
     else:
-        key = crypto.create_key_file(settings.key_file_path)
+        key = _new_key_file(settings.key_file_path)
         created_key_file = True
-    SqliteStore(database, key, create=True, meta=meta).close()
+    try:
+        SqliteStore(database, key, create=True, meta=meta).close()
+    except OSError as exc:
+        raise files.UnsafeFileError(f"cannot create the database {database} ({files.os_reason(exc)})") from None
     return InitResult(True, created_key_file, key_source(settings), data_dir, database)
