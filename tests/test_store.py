@@ -12,7 +12,7 @@ import pytest
 
 from totp_service import imports, otp, store
 from totp_service.config import load_settings
-from totp_service.store import crypto
+from totp_service.store import crypto, sqlite_schema
 from totp_service.store.open import init_store, open_store
 from totp_service.store.sqlite import SqliteStore
 
@@ -254,6 +254,7 @@ def test_version_1_store_migrates_forward(opened) -> None:
         conn.execute(f"DROP TRIGGER secrets_version_{event}")
     conn.execute("CREATE INDEX audit_identifier_at ON audit (identifier, at)")
     conn.execute("DELETE FROM meta WHERE name = 'secrets_version'")
+    conn.execute("ALTER TABLE audit DROP COLUMN count")
     conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (b"1",))
     conn.commit()
     conn.close()
@@ -267,7 +268,7 @@ def test_version_1_store_migrates_forward(opened) -> None:
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     version = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
     conn.close()
-    assert "audit_identifier_at" not in names and version == b"2"
+    assert "audit_identifier_at" not in names and version == str(sqlite_schema.SCHEMA_VERSION).encode()
 
 
 def _claims(path: Path) -> set[tuple[str, int]]:

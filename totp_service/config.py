@@ -55,6 +55,9 @@ class ServerSettings:
     workers: int = 1
     access_log: bool = True
     trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    # unauthenticated pulls refused per client and window before the rest get 429 (service refusals)
+    refusal_limit: int = 20
+    refusal_window_seconds: float = 60.0
 
     @property
     def effective_public_url(self) -> str:
@@ -83,6 +86,11 @@ class CodeSettings:
     min_validity_seconds: float = 20.0
     max_hold_seconds: float = 25.0
     single_use: bool = True
+
+
+@dataclass
+class AuditSettings:
+    retention_days: float | None = 365.0  # rows older than this are pruned; None keeps them all
 
 
 @dataclass
@@ -123,6 +131,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     bindings: BindingSettings = field(default_factory=BindingSettings)
     launcher: LauncherSettings = field(default_factory=LauncherSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     source: str = "defaults"
 
     @property
@@ -216,6 +225,12 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("codes.max_hold_seconds must stay under Skyvern's 30 s request timeout")
     if not 0 < settings.server.max_body_bytes <= 16 * 1024 * 1024:
         raise ConfigError("server.max_body_bytes must be between 1 and 16 MiB")
+    if settings.server.refusal_limit < 1 or not 1 <= settings.server.refusal_window_seconds <= 3600:
+        raise ConfigError("server.refusal_limit must be at least 1 and server.refusal_window_seconds "
+                          "between 1 and 3600")
+    retention = settings.audit.retention_days
+    if retention is not None and not 0 < retention <= 100 * 365:
+        raise ConfigError("audit.retention_days must be a number of days above 0 (or null: keep everything)")
     if bool(settings.server.tls_cert) != bool(settings.server.tls_key):
         raise ConfigError("server.tls_cert and server.tls_key go together")
     for i, entry in enumerate(settings.server.trusted_proxies):

@@ -271,7 +271,8 @@ def _audit_line(entry: AuditEntry) -> str:
         ("task", entry.task_id), ("run", entry.workflow_run_id), ("agent", entry.workflow_permanent_id),
         ("client", entry.client), ("route", entry.route)) if value)
     detail = f"  ({entry.detail})" if entry.detail else ""
-    return f"{_iso(entry.at)}  {entry.outcome:<28} {entry.identifier or '-'}  {ids}{detail}"
+    outcome = entry.outcome if entry.count == 1 else f"{entry.outcome} x{entry.count}"
+    return f"{_iso(entry.at)}  {outcome:<28} {entry.identifier or '-'}  {ids}{detail}"
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
@@ -290,6 +291,17 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Every row since --since, oldest first, one JSON object a line (what a SIEM ingests)."""
+    since = parse_since(args.since) if args.since else None
+    with open_store(settings) as store:
+        out = sys.stdout
+        for entry in store.export_audit(since):
+            out.write(json.dumps({**entry.to_dict(), "at_iso": _iso(entry.at)}, ensure_ascii=False) + "\n")
+    out.flush()
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="run the HTTP service (Skyvern pull endpoint, admin API)")
     serve.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
@@ -302,3 +314,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--limit", type=int, default=50, help="newest N entries (default 50)")
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(handler=cmd_audit)
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="export")
+    export = audit_sub.add_parser("export", help="every row since a time, one JSON object a line (for a SIEM; "
+                                                 "run it before audit.retention_days prunes them)")
+    export.add_argument("--since", help="ISO 8601 time, unix seconds, or an age: 30m, 2h, 7d (default: everything)")
+    export.add_argument("--format", choices=["jsonl"], default="jsonl", help="jsonl: one JSON object a line")
+    export.set_defaults(handler=cmd_audit_export)

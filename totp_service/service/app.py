@@ -32,7 +32,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from totp_service.config import Settings
 from totp_service.service.admin import admin_routes
-from totp_service.service.audit import AuditUnavailable
+from totp_service.service.audit import AuditRow, AuditUnavailable
 from totp_service.service.http import (
     ApiError,
     Unavailable,
@@ -85,6 +85,8 @@ async def metrics(request: Request, state: ServiceState) -> Response:
     extra = {
         "totp_audit_batches_total": state.audit.batches,
         "totp_audit_rows_total": state.audit.rows,
+        "totp_refusals_throttled_total": state.refusals.throttled,
+        "totp_refusals_aggregated_total": state.refusals.aggregated,
         "totp_uptime_seconds": round(time.time() - state.started_at, 3),
     }
     return Response(state.metrics.render(extra), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -123,6 +125,22 @@ class TotpApp(Starlette):
         await self.behind_proxy(scope, receive, send)
 
 
+REFUSAL_FLUSH_SECONDS = 1.0
+
+
+async def _flush_refusals(state: ServiceState) -> None:
+    """Write the aggregate rows of each refusal window once it has closed (refusals.py)."""
+    while True:
+        await asyncio.sleep(REFUSAL_FLUSH_SECONDS)
+        await _write_refusal_rows(state, state.refusals.drain(time.time()))
+
+
+async def _write_refusal_rows(state: ServiceState, rows: list[AuditRow]) -> None:
+    for row in rows:
+        with contextlib.suppress(AuditUnavailable):  # counted in the metrics all the same
+            await state.audit.submit(row)
+
+
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     """The service. Opens the store with the configured master key when none is given (and then
     closes it on shutdown); a wrong key raises here, before anything listens."""
@@ -131,10 +149,14 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.audit.start()
-        state.store.start_background_checkpoints()
+        retention = settings.audit.retention_days
+        state.store.start_background_checkpoints(audit_retention_seconds=None if retention is None else retention * 86400)
+        flusher = asyncio.create_task(_flush_refusals(state), name="refusal-rows")
         try:
             yield
         finally:
+            flusher.cancel()
+            await _write_refusal_rows(state, state.refusals.drain())
             await state.audit.stop()
             state.store.stop_background_checkpoints()
             if state.owns_store:

@@ -38,6 +38,7 @@ class AuditRow(NamedTuple):
     route: str | None
     outcome: str
     detail: str | None
+    count: int = 1  # > 1: an aggregate of refusals (refusals.py)
 
 
 log = logging.getLogger("totp_service.audit")

@@ -80,11 +80,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _no_constant(name: str) -> float:
+    raise BadRequest(f"the body holds {name}, which is not a JSON number")
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object, strictly: no NaN / Infinity, no nesting deeper than Python can parse."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the body is not JSON") from None
+    except RecursionError:
+        raise BadRequest("the body's JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data

@@ -56,6 +56,14 @@ class StaleTimestamp(Unauthorized):
     reason = "stale_timestamp"
 
 
+class Throttled(ApiError):
+    status, reason = 429, "throttled"
+
+
+# refused before a valid signature: throttled per client and audited in aggregate (refusals.py)
+UNAUTHENTICATED = (BadSignature, StaleTimestamp, BodyTooLarge)
+
+
 class _ClientGone(Exception):
     """The client disconnected before its body arrived: there is no one to answer."""
 
@@ -107,37 +115,49 @@ async def handle_pull(state: ServiceState, scope: dict[str, Any], receive: Any, 
     except _ClientGone:
         return
     except BodyTooLarge as exc:
-        status, body = await answer(state, trail, b"", None, None, refusal=exc)
+        status, body, retry_after = await answer(state, trail, b"", None, None, refusal=exc)
     else:
         try:
-            status, body = await answer(state, trail, raw, signature, timestamp)
+            status, body, retry_after = await answer(state, trail, raw, signature, timestamp)
         except Exception:  # never a traceback or a default HTML page to Skyvern
             await _answer(send, ServerFault.status, SERVER_FAULT_BODY)
             state.metrics.request(trail.route, ServerFault.status)
             raise
-    await _answer(send, status, body)
+    await _answer(send, status, body, retry_after)
     state.metrics.request(trail.route, status)
 
 
 async def answer(state: ServiceState, trail: Trail, raw: bytes, signature: bytes | None, timestamp: bytes | None,
-                 *, refusal: ApiError | None = None) -> tuple[int, bytes]:
-    """Status and JSON body for one pull, after its audit row is committed.
+                 *, refusal: ApiError | None = None) -> tuple[int, bytes, int | None]:
+    """Status, JSON body and Retry-After seconds (or None) for one pull, after its audit row is committed.
 
     `refusal`: the request was refused before its body could be read (too large); it is
-    audited like any other refusal. Only an unexpected fault escapes (the caller answers 500).
+    audited like any other refusal. Refusals before a valid signature are throttled and audited
+    in aggregate (refusals.py). Only an unexpected fault escapes (the caller answers 500).
     """
     try:
         try:
             if refusal is not None:
                 raise refusal
-            return await _pull(state, trail, raw, signature, timestamp)
+            status, body = await _pull(state, trail, raw, signature, timestamp)
+            return status, body, None
+        except UNAUTHENTICATED as exc:
+            state.metrics.refused(exc.reason)
+            row, retry_after = state.refusals.refuse(trail.client, exc.reason, trail.identifier, trail.route,
+                                                     exc.message[:200])
+            if row is not None:
+                await state.audit.submit(row)
+            if retry_after is not None:
+                return (Throttled.status, _error_body(Throttled.reason, "too many refused requests from this "
+                                                      f"client; retry after {retry_after} s"), retry_after)
+            return exc.status, _error_body(exc.reason, exc.message), None
         except ApiError as exc:
             state.metrics.refused(exc.reason)
             await state.audit.submit(trail.entry(f"refused:{exc.reason}", exc.message[:200]))
-            return exc.status, _error_body(exc.reason, exc.message)
+            return exc.status, _error_body(exc.reason, exc.message), None
     except AuditUnavailable as exc:
         state.metrics.refused("audit_unavailable")
-        return Unavailable.status, _error_body(Unavailable.reason, str(exc))
+        return Unavailable.status, _error_body(Unavailable.reason, str(exc)), None
 
 
 def _error_body(reason: str, message: str) -> bytes:
@@ -148,9 +168,11 @@ def _error_body(reason: str, message: str) -> bytes:
 SERVER_FAULT_BODY = _error_body(ServerFault.reason, "internal error")
 
 
-async def _answer(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*JSON_HEADERS, (b"content-length", b"%d" % len(body))]})
+async def _answer(send: Any, status: int, body: bytes, retry_after: int | None = None) -> None:
+    headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body))]
+    if retry_after is not None:
+        headers.append((b"retry-after", b"%d" % retry_after))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -226,6 +248,8 @@ def _parse_body(raw: bytes) -> PullBody:
         data = _loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the body is not JSON") from None
+    except RecursionError:
+        raise BadRequest("the body's JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return parse_pull_body(data)

@@ -288,13 +288,14 @@ class PullProtocol(asyncio.Protocol):
 
     async def _answer(self, pull: QueuedPull) -> None:
         try:
-            status, payload = await answer(self._service, pull.trail, pull.body, pull.signature, pull.timestamp,
-                                           refusal=pull.refusal)
+            status, payload, retry_after = await answer(self._service, pull.trail, pull.body, pull.signature,
+                                                        pull.timestamp, refusal=pull.refusal)
         except Exception:  # never a traceback to Skyvern; the log has it
             log.exception("pull failed")
-            status, payload = 500, SERVER_FAULT_BODY
+            status, payload, retry_after = 500, SERVER_FAULT_BODY, None
         self._service.metrics.request(pull.trail.route, status)
-        self._respond(status, payload, pull.keep_alive and not (self._closing and not self._queue), pull.target)
+        self._respond(status, payload, pull.keep_alive and not (self._closing and not self._queue), pull.target,
+                      retry_after)
         self._busy = False
         if self._transport is None or self._transport.is_closing():
             self._queue.clear()  # nobody to answer: the pulls behind it are not started (nor audited)
@@ -314,13 +315,16 @@ class PullProtocol(asyncio.Protocol):
             if not self._transport.is_closing():  # also a request stalled half-way is closed
                 self._idle_timer = self._loop.call_later(self._config.timeout_keep_alive, self._close)
 
-    def _respond(self, status: int, payload: bytes, keep_alive: bool, target: bytes) -> None:
+    def _respond(self, status: int, payload: bytes, keep_alive: bool, target: bytes,
+                 retry_after: int | None = None) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         head = [_STATUS_LINES[status]]
         for name, value in self._server_state.default_headers:
             head += (name, b": ", value, b"\r\n")
+        if retry_after is not None:
+            head.append(b"retry-after: %d\r\n" % retry_after)
         head += (_JSON_HEAD, b"%d" % len(payload), b"\r\n" if keep_alive else b"\r\nconnection: close\r\n",
                  b"\r\n", payload)
         transport.write(b"".join(head))

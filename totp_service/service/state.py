@@ -23,6 +23,7 @@ from totp_service.identifiers import normalize_identifier
 from totp_service.service.audit import AuditWriter
 from totp_service.service.http import iso_utc
 from totp_service.service.metrics import Metrics
+from totp_service.service.refusals import RefusalGuard
 from totp_service.store import SecretMeta, Store
 
 REVALIDATE_SECONDS = 0.05
@@ -60,6 +61,7 @@ class ServiceState:
         self.metrics = Metrics()
         self.audit = AuditWriter(store.write_audit)
         self.signatures = signing.SignatureVerifier(settings.skyvern.signing_keys)
+        self.refusals = RefusalGuard(settings.server.refusal_limit, settings.server.refusal_window_seconds)
         # server.trusted_proxies (env FORWARDED_ALLOW_IPS, uvicorn's; default 127.0.0.1): see forwarded_client
         self.forwarded_allow_ips = list(settings.server.trusted_proxies)
         self.trusted_proxies = ProxyHeadersMiddleware(None, self.forwarded_allow_ips)  # type: ignore[arg-type]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,9 +101,22 @@ class AuditEntry:
     detail: str | None = None
     at: float = field(default_factory=time.time)
     id: int | None = None
+    count: int = 1  # > 1: this row stands for that many refusals of one client, for one reason
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def audit_text(value: str | None) -> str | None:
+    """An audit field as any backend can store it. A lone surrogate (JSON's `\\ud800` in a signed
+    body) or a NUL (PostgreSQL text refuses it) becomes U+FFFD instead of failing the row and,
+    with it, every row of its group commit."""
+    if value is None or (value.isascii() and "\x00" not in value):
+        return value
+    return _NOT_STORABLE.sub("\ufffd", value)
 
 
 def seal_spec(key: crypto.MasterKey, identifier: str, spec: otp.TotpSpec) -> bytes:
@@ -149,9 +163,11 @@ class Store(ABC):
     def close(self) -> None: ...
 
     def start_background_checkpoints(
-        self, interval: float = 0.25, prune_every: float = CLAIM_PRUNE_INTERVAL_SECONDS
+        self, interval: float = 0.25, prune_every: float = CLAIM_PRUNE_INTERVAL_SECONDS,
+        audit_retention_seconds: float | None = None,
     ) -> None:
-        """Start the backend's housekeeping for a long-running server (default: none)."""
+        """Start the backend's housekeeping for a long-running server (default: none); with
+        `audit_retention_seconds` (audit.retention_days) it also calls prune_audit every `prune_every`."""
 
     def stop_background_checkpoints(self) -> None:
         """Stop what `start_background_checkpoints` started."""
@@ -243,6 +259,14 @@ class Store(ABC):
     def read_audit(
         self, identifier: str | None = None, since: float | None = None, limit: int = 100
     ) -> list[AuditEntry]: ...
+
+    @abstractmethod
+    def export_audit(self, since: float | None = None) -> Iterator[AuditEntry]:
+        """Every audit row at or after `since`, oldest first, read in batches (a SIEM export)."""
+
+    @abstractmethod
+    def prune_audit(self, before: float) -> int:
+        """Delete audit rows older than `before` (audit.retention_days) in short transactions; how many went."""
 
     @abstractmethod
     def is_claimed(self, identifier: str, counter: int) -> bool: ...

@@ -35,12 +35,20 @@ from totp_service.store.base import (
     StoreBusy,
     StoreError,
     StoreMissing,
+    audit_text,
     open_spec,
     seal_spec,
 )
+
+_AUDIT_COLUMNS = "outcome, identifier, task_id, workflow_run_id, workflow_permanent_id, client, route, detail, at, id, count"
+WAL_CHECK_EVERY = 8  # audit transactions between two looks at the WAL's size (a stat: ~1 us)
 from totp_service.store.sqlite_maintenance import (
+    AUDIT_PRUNE_BATCH,
     AUTOCHECKPOINT_PAGES,
+    WAL_LIMIT_BYTES,
     Checkpointer,
+    bound_wal,
+    prune_audit_batch_on,
     prune_claims_on,
 )
 from totp_service.store.sqlite_schema import (
@@ -58,6 +66,8 @@ class SqliteStore(Store):
         self._key = key
         self._lock = threading.RLock()
         self._checkpointer: Checkpointer | None = None
+        self._wal = Path(f"{self.path}-wal")
+        self._writes_since_wal_check = 0
         if create:
             if self.path.exists() and self.path.stat().st_size > 0:
                 raise StoreError(f"{self.path} already exists")
@@ -75,6 +85,7 @@ class SqliteStore(Store):
                 self._migrate()
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
         except BaseException:
             self._conn.close()
             raise
@@ -92,7 +103,8 @@ class SqliteStore(Store):
     # --- WAL checkpoints -----------------------------------------------------------------
 
     def start_background_checkpoints(
-        self, interval: float = 0.25, prune_every: float = CLAIM_PRUNE_INTERVAL_SECONDS
+        self, interval: float = 0.25, prune_every: float = CLAIM_PRUNE_INTERVAL_SECONDS,
+        audit_retention_seconds: float | None = None,
     ) -> None:
         """Move WAL checkpoints out of this connection's commits (for the service).
 
@@ -102,13 +114,14 @@ class SqliteStore(Store):
         own connection runs a PASSIVE checkpoint every `interval` seconds (never blocking writers
         or readers; sqlite3 releases the GIL while it works). Commits stay as durable as before.
         The same thread prunes old single-use claims every `prune_every` seconds, so the `served`
-        table stays the size of a day's windows instead of growing forever.
+        table stays the size of a day's windows instead of growing forever, and audit rows past
+        `audit_retention_seconds`. The WAL stays bounded under sustained writes (sqlite_maintenance).
         """
         if self._checkpointer is not None:
             return
         with self._lock:
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self._checkpointer = Checkpointer(self.path, interval, prune_every)
+        self._checkpointer = Checkpointer(self.path, interval, prune_every, audit_retention_seconds)
         self._checkpointer.start()
 
     def stop_background_checkpoints(self) -> None:
@@ -347,14 +360,42 @@ class SqliteStore(Store):
                     "INSERT OR IGNORE INTO served (identifier, counter, at) VALUES (?, ?, ?)", (*claim, now)
                 ).rowcount == 1
                 results.append(fresh)
-                rows.append((e.at, e.identifier, e.task_id, e.workflow_run_id, e.workflow_permanent_id, e.client,
-                             e.route, e.outcome if fresh else "window_taken", e.detail))
+                rows.append((e.at, audit_text(e.identifier), audit_text(e.task_id), audit_text(e.workflow_run_id),
+                             audit_text(e.workflow_permanent_id), audit_text(e.client), audit_text(e.route),
+                             audit_text(e.outcome) if fresh else "window_taken", audit_text(e.detail), e.count))
             conn.executemany(
                 """INSERT INTO audit (at, identifier, task_id, workflow_run_id, workflow_permanent_id, client,
-                       route, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       route, outcome, detail, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 rows,
             )
+        self._writes_since_wal_check += 1
+        if self._writes_since_wal_check >= WAL_CHECK_EVERY:
+            self._writes_since_wal_check = 0
+            with self._lock:
+                bound_wal(self._conn, self._wal)
         return results
+
+    def export_audit(self, since: float | None = None, batch: int = 1000) -> Iterator[AuditEntry]:
+        last_id = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE id > ? AND at >= ? ORDER BY id LIMIT ?",
+                    (last_id, -1.0 if since is None else since, batch),
+                ).fetchall()
+            yield from (AuditEntry(*row) for row in rows)
+            if len(rows) < batch:
+                return
+            last_id = rows[-1][9]
+
+    def prune_audit(self, before: float) -> int:
+        removed = 0
+        while True:
+            with self._transaction() as conn:
+                count = prune_audit_batch_on(conn, before)
+            removed += count
+            if count < AUDIT_PRUNE_BATCH:
+                return removed
 
     def secrets_version(self) -> int:
         """A counter bumped (by triggers) on every change to any secret, by any process."""
@@ -395,8 +436,6 @@ class SqliteStore(Store):
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             rows = self._conn.execute(
-                f"""SELECT outcome, identifier, task_id, workflow_run_id, workflow_permanent_id, client, route,
-                        detail, at, id FROM audit {where} ORDER BY id DESC LIMIT ?""",
-                (*args, limit),
+                f"SELECT {_AUDIT_COLUMNS} FROM audit {where} ORDER BY id DESC LIMIT ?", (*args, limit),
             ).fetchall()
         return [AuditEntry(*row) for row in rows]

@@ -11,7 +11,7 @@ from pathlib import Path
 from totp_service.store import crypto
 from totp_service.store.base import StoreError, StoreMissing
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -71,6 +71,8 @@ MIGRATIONS: dict[int, list[str]] = {
             for event in ("INSERT", "UPDATE", "DELETE")
         ),
     ],
+    # Refusals of unauthenticated pulls are audited in aggregate (service/refusals.py): a row's count.
+    3: ["ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1"],
 }
 
 
