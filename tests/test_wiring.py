@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from totp_service.wiring import (
+from totp_service.launcher.wiring import (
     AgentDefinitionError,
     MissingParameter,
     NoTotpBlock,

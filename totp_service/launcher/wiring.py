@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from totp_service.store import normalize_identifier
+from totp_service.identifiers import normalize_identifier
 
 IDENTIFIER_FIELD: Final = "totp_identifier"
 URL_FIELD: Final = "totp_verification_url"
