@@ -14,6 +14,8 @@ The launcher's Python API, for programs that start or follow Skyvern runs themse
   it to its end (pushing codes in push mode). Ctrl-C cancels the run and is re-raised;
   `stop.set()` (a `threading.Event`) cancels it and returns with `outcome.interrupted`.
 - `attach_pusher(settings, run_id, identifier, ...)`: push codes to a run another client started.
+- `inspect_agent(settings, agent_id, identifier, *, mode, parameters)`: the wiring `launch_agent`
+  would use for a saved agent's blocks (a `WiringPlan`), or the refusal, without starting a run.
 - `totp_url(settings, identifier)`: the URL to give Skyvern as `totp_url`.
 - `follow_run(client, run, ...)`, `RunOutcome`, `LaunchEvent`, `EXIT_CODES`, and the errors
   `LaunchError` (base), `RequestError` (found before sending), `SkyvernError`.
@@ -33,6 +35,7 @@ _EXPORTS = {
     "launch_task": "totp_service.launcher.runs",
     "attach_pusher": "totp_service.launcher.runs",
     "follow_run": "totp_service.launcher.runs",
+    "inspect_agent": "totp_service.launcher.runs",
     "totp_url": "totp_service.launcher.runs",
     "RunOutcome": "totp_service.launcher.runs",
     "LaunchEvent": "totp_service.launcher.runs",

@@ -193,6 +193,17 @@ class SkyvernClient:
     def cancel_run(self, run_id: str) -> None:
         self._request("POST", f"/v1/runs/{_path_id(run_id)}/cancel")
 
+    # -- saved agents -----------------------------------------------------------------------
+
+    def get_agent(self, agent_id: str) -> dict[str, Any]:
+        """A saved agent's definition (``GET /v1/workflows/{wpid}``): its parameters and blocks."""
+        return self._expect_object(self._request("GET", f"/v1/workflows/{_path_id(agent_id)}"))
+
+    def create_agent(self, json_definition: Mapping[str, Any]) -> dict[str, Any]:
+        """Save an agent (``POST /v1/workflows``); the answer holds its ``workflow_permanent_id``."""
+        body = {"json_definition": dict(json_definition)}
+        return self._expect_object(self._request("POST", "/v1/workflows", json=body))
+
     # -- pushed codes -----------------------------------------------------------------------
 
     def push_code(
@@ -348,7 +359,7 @@ class SkyvernClient:
 def _path_id(run_id: str) -> str:
     """Run ids go into the URL path: refuse anything that could change the path."""
     if not run_id or any(ch in run_id for ch in "/?#%") or run_id.strip() != run_id:
-        raise SkyvernValidationError("invalid run id")
+        raise SkyvernValidationError("invalid run or agent id")
     return run_id
 
 

@@ -35,6 +35,12 @@ from totp_service.store import (
 # A code needs at least this much of its window left to be worth pushing, whatever the settings say.
 MIN_VALIDITY_FLOOR = 0.5
 WAKE_AFTER_WINDOW = 0.05  # wake just after a window opens, not just before
+STANDALONE_TASK_LIMIT = (
+    "this window's code for {identifier} went to another run (single use), and Skyvern lets a standalone task "
+    "run take a code pushed for another run of the same identifier (it scopes neither the lookup nor its time "
+    "for these runs): this run may type that code and the site may refuse the replay; pushing the next "
+    "window's code in {wait:.1f}s"
+)
 
 
 class CodeSourceError(LaunchError):
@@ -202,6 +208,8 @@ class Pusher:
         self._source = source
         self.run_id = run_id
         self.scope = "workflow_run_id" if run_type == "workflow_run" or run_id.startswith("wr_") else "task_id"
+        # engine skyvern-1.0 (and the CUA engines): no workflow run behind the task, so no started_at anchor
+        self.standalone_task = self.scope == "task_id" and not run_id.startswith("tsk_v2_") and run_type != "task_v2"
         self._on_event = on_event or (lambda event: None)
         self._clock = clock
         self.pushes = 0
@@ -240,8 +248,12 @@ class Pusher:
         if window.window_id not in self._claimed:
             if not self._source.claim(window, self.run_id, self.scope):
                 self._lost.add(window.window_id)
-                self._emit("skipped", "this window's code already went to another consumer (single use); "
-                                      f"waiting {next_window:.1f}s for the next one")
+                if started and self.standalone_task:
+                    self._emit("skipped", STANDALONE_TASK_LIMIT.format(identifier=self._source.identifier,
+                                                                       wait=next_window))
+                else:
+                    self._emit("skipped", "this window's code already went to another consumer (single use); "
+                                          f"waiting {next_window:.1f}s for the next one")
                 return next_window
             self._claimed.add(window.window_id)
         if not window.code:  # never push an empty code

@@ -23,7 +23,10 @@ PROXY_LOCATIONS: Final = frozenset(
         "RESIDENTIAL_NL", "RESIDENTIAL_ISP", "NONE", "US-CA", "US-NY", "US-TX", "US-FL", "US-WA",
     }
 )
-TASK_ENGINES: Final = ("skyvern-1.0", "skyvern-2.0", "openai-cua", "anthropic-cua", "ui-tars")
+TASK_ENGINES: Final = ("skyvern-1.0", "skyvern-2.0", "skyvern-3.0", "openai-cua", "anthropic-cua", "ui-tars",
+                       "yutori-navigator")
+BROWSER_TYPES: Final = ("msedge", "chrome", "stealth-chromium")
+MAX_FILE_IDS: Final = 50
 RUN_WITH: Final = ("agent", "code")
 MAX_MINUTES: Final = 240
 _AGENT_ID = re.compile(r"^wpid_[A-Za-z0-9_-]+$")
@@ -32,13 +35,14 @@ _COUNTRY = re.compile(r"^[A-Z]{2}$")
 # Fields each kind of run accepts; anything else in a request is refused before sending.
 COMMON_FIELDS: Final = frozenset(
     {"title", "proxy_location", "webhook_url", "totp_url", "totp_identifier", "browser_session_id",
-     "browser_address", "extra_http_headers", "max_screenshot_scrolls", "run_with"}
+     "browser_address", "extra_http_headers", "max_screenshot_scrolls", "run_with", "file_ids"}
 )
 AGENT_FIELDS: Final = COMMON_FIELDS | {
     "agent_id", "parameters", "browser_profile_id", "max_elapsed_time_minutes", "cdp_connect_headers",
-    "ai_fallback", "run_metadata",
+    "ai_fallback", "run_metadata", "browser_type",
 }
-TASK_FIELDS: Final = COMMON_FIELDS | {"prompt", "url", "engine", "data_extraction_schema", "error_code_mapping"}
+TASK_FIELDS: Final = COMMON_FIELDS | {"prompt", "url", "engine", "data_extraction_schema", "error_code_mapping",
+                                      "max_steps"}
 
 
 class LaunchError(Exception):
@@ -199,6 +203,12 @@ def check_request(request: Mapping[str, Any], kind: str) -> dict[str, Any]:
             raise RequestError("ai_fallback must be true or false")
         if "browser_profile_id" in body and not str(body["browser_profile_id"]).startswith("bp_"):
             raise RequestError("the browser profile id must start with bp_")
+        if "browser_type" in body:
+            if body["browser_type"] not in BROWSER_TYPES:
+                raise RequestError(f"browser_type (--browser-type) must be one of {', '.join(BROWSER_TYPES)}")
+            if "browser_session_id" in body or "browser_address" in body:
+                raise RequestError("--browser-type cannot be combined with --browser-session-id or --browser-address "
+                                   "(an attached browser owns its engine; Skyvern answers 422)")
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -209,6 +219,8 @@ def check_request(request: Mapping[str, Any], kind: str) -> dict[str, Any]:
             raise RequestError(f"unknown engine {_shown(str(body['engine']))} (one of {', '.join(TASK_ENGINES)})")
         if "error_code_mapping" in body:
             _check_str_map(body["error_code_mapping"], "error_code_mapping")
+        if "max_steps" in body:
+            _check_int(body["max_steps"], "max_steps (--max-steps)", 1)
     if "proxy_location" in body:
         check_proxy(body["proxy_location"])
     for name in ("webhook_url", "totp_url", "browser_address"):
@@ -216,6 +228,12 @@ def check_request(request: Mapping[str, Any], kind: str) -> dict[str, Any]:
             _check_url(body[name], name)
     if "extra_http_headers" in body:
         _check_str_map(body["extra_http_headers"], "extra_http_headers")
+    if "file_ids" in body:
+        files = body["file_ids"]
+        if not isinstance(files, list) or not all(isinstance(f, str) and f.strip() for f in files):
+            raise RequestError("file_ids (--file-id) must be a list of file ids")
+        if len(files) > MAX_FILE_IDS:
+            raise RequestError(f"at most {MAX_FILE_IDS} --file-id per run (got {len(files)})")
     if "max_screenshot_scrolls" in body:
         _check_int(body["max_screenshot_scrolls"], "max_screenshot_scrolls", 0)
     if body.get("run_with") not in (None, *RUN_WITH):

@@ -6,7 +6,7 @@ run lives. Everything that can be checked locally is checked before the run is c
 created at most once, and an interrupted launch cancels its run.
 
 Python API (also exported from `totp_service`): `launch_agent`, `launch_task`, `attach_pusher`,
-`totp_url`, `follow_run`, `RunOutcome`, `LaunchEvent`, `EXIT_CODES`.
+`inspect_agent`, `totp_url`, `follow_run`, `RunOutcome`, `LaunchEvent`, `EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import httpx
 
 from totp_service.config import Settings
 from totp_service.identifiers import check_identifier, normalize_identifier
+from totp_service.launcher.agents import fetch_agent, plan_for, wire_agent_run
 from totp_service.launcher.client import (
     FINAL_STATUSES,
     SkyvernAuthError,
@@ -42,9 +43,11 @@ from totp_service.launcher.pusher import (
 from totp_service.launcher.request import (
     LaunchError,
     RequestError,
+    check_agent_id,
     check_max_steps,
     check_request,
 )
+from totp_service.launcher.wiring import WiringPlan
 from totp_service.store import Store
 from totp_service.store.open import open_store
 
@@ -68,7 +71,7 @@ class CloudNeedsPush(RequestError):
 class LaunchEvent:
     """Progress for a live status line or log; never holds a code or a key."""
 
-    kind: str  # created status pushed push_failed waiting skipped status_failed canceling canceled note tick
+    kind: str  # wiring created status pushed push_failed waiting skipped status_failed canceling canceled note tick
     message: str
     run_id: str | None = None
     status: str | None = None
@@ -85,6 +88,7 @@ class RunOutcome:
     elapsed: float = 0.0
     interrupted: bool = False
     events: list[LaunchEvent] = field(default_factory=list, repr=False)
+    wiring: WiringPlan | None = None  # how the agent's blocks were wired (None: a task, or --no-inspect)
 
     @property
     def run_id(self) -> str:
@@ -355,6 +359,7 @@ def _launch(
     *,
     mode: str | None,
     totp_param: str | None,
+    inspect: bool = True,
     max_steps: int | None,
     wait: bool,
     on_event: EventHandler | None,
@@ -365,12 +370,21 @@ def _launch(
     mode = mode or settings.launcher.mode
     identifier = check_identifier(identifier)
     check_max_steps(max_steps)
-    body = prepare_request(kind, request, settings=settings, identifier=identifier, mode=mode, totp_param=totp_param)
+    inspecting = kind == "agent" and inspect
+    body = prepare_request(kind, request, settings=settings, identifier=identifier, mode=mode,
+                           totp_param=None if inspecting else totp_param)
+    if kind == "task" and max_steps is not None:  # /v1/run/tasks reads max_steps from the body, not the header
+        body["max_steps"], max_steps = max_steps, None
     if mode == "push" and not wait:
         raise RequestError("--no-wait works in url mode only: push mode must stay to push the codes")
     if mode == "url":
         check_cloud_reachable(settings)
     with _resources(settings, identifier, mode, client, store) as (skyvern, source):
+        plan = None
+        if kind == "agent":
+            emit = (lambda kind, message: on_event(LaunchEvent(kind, message))) if on_event else None
+            body, plan = wire_agent_run(skyvern, body, mode, identifier, totp_url(settings, identifier),
+                                        totp_param=totp_param, inspect=inspect, emit=emit)
         if mode == "url":
             check_service(settings, identifier)
         start = skyvern.run_agent if kind == "agent" else skyvern.run_task
@@ -382,10 +396,11 @@ def _launch(
         if on_event:
             on_event(created)
         if not wait:
-            return RunOutcome(run, events=[created])
+            return RunOutcome(run, events=[created], wiring=plan)
         outcome = follow_run(skyvern, run, pusher_source=source, interval=settings.launcher.status_interval_seconds,
                              on_event=on_event, stop=stop, cancel_on_stop=True)
         outcome.events.insert(0, created)
+        outcome.wiring = plan
         return outcome
 
 
@@ -397,6 +412,7 @@ def launch_agent(
     mode: str | None = None,
     request: Mapping[str, Any] | None = None,
     totp_param: str | None = None,
+    inspect: bool = True,
     max_steps: int | None = None,
     wait: bool = True,
     on_event: EventHandler | None = None,
@@ -406,14 +422,36 @@ def launch_agent(
 ) -> RunOutcome:
     """Run a saved agent (`wpid_…`) with codes for `identifier`; follow it to the end unless `wait=False`.
 
+    The agent's definition is read first and the parameters its blocks' TOTP fields name are
+    filled (`outcome.wiring` says how); a run whose blocks would never get our codes is refused
+    before it exists. `inspect=False` skips that read; `totp_param` names the parameter yourself.
     `request` holds any other seed fields (parameters, proxy_location, …: shared/SKYVERN.md §3).
     Raises RequestError/LaunchError before anything is sent when the request or setup is wrong,
     SkyvernError when Skyvern refuses. Ctrl-C cancels the run and is re-raised; `stop.set()`
     cancels it and returns an outcome with `interrupted=True`.
     """
     return _launch("agent", settings, {**(request or {}), "agent_id": agent_id}, identifier, mode=mode,
-                   totp_param=totp_param, max_steps=max_steps, wait=wait, on_event=on_event, stop=stop,
-                   client=client, store=store)
+                   totp_param=totp_param, inspect=inspect, max_steps=max_steps, wait=wait, on_event=on_event,
+                   stop=stop, client=client, store=store)
+
+
+def inspect_agent(
+    settings: Settings,
+    agent_id: str,
+    identifier: str,
+    *,
+    mode: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    totp_param: str | None = None,
+    client: SkyvernClient | None = None,
+) -> WiringPlan:
+    """How `launch_agent` would wire the agent's blocks, without starting anything (WiringRefused if it would not)."""
+    identifier = check_identifier(identifier)
+    check_agent_id(agent_id)
+    with ExitStack() as stack:
+        skyvern = client or stack.enter_context(make_client(settings))
+        return plan_for(fetch_agent(skyvern, agent_id), mode or settings.launcher.mode, identifier,
+                        totp_url(settings, identifier), parameters, totp_param)
 
 
 def launch_task(
