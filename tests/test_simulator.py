@@ -82,7 +82,9 @@ def test_pull_flow_signed_and_completed(sim: tuple[str, SimulatorState]) -> None
     assert final["status"] == "completed", final["failure_reason"]
     assert final["code_source"] == "totp_url"
     assert final["started_at"] and final["finished_at"]
-    expected = json.dumps({"workflow_run_id": run["run_id"], "workflow_permanent_id": "wpid_login"},
+    task_id = final["block_tasks"][0]["task_id"]  # the block's task, not the run
+    assert task_id.startswith("tsk_")
+    expected = json.dumps({"task_id": task_id, "workflow_run_id": run["run_id"], "workflow_permanent_id": "wpid_login"},
                           separators=(",", ":")).encode()
     assert len(seen) == 2 and all(s["signed"] and s["body"] == expected for s in seen)
     assert seen[0]["headers"]["content-type"] == "application/json"
@@ -119,17 +121,6 @@ def test_strict_verification_rejects_wrong_code(sim: tuple[str, SimulatorState])
     with running_server(endpoint) as totp_base:
         final = state.wait_for_run(start_agent(base, totp_url=f"{totp_base}/totp")["run_id"], timeout=10)
     assert final["status"] == "failed" and "wrong or expired" in final["failure_reason"]
-
-
-def test_block_parameter_carries_totp_url(sim: tuple[str, SimulatorState]) -> None:
-    base, state = sim
-    state.add_secret(SECRET, agent_id="wpid_login", totp_url_param="totp_url")
-    endpoint, seen = totp_endpoint()
-    with running_server(endpoint) as totp_base:
-        run = start_agent(base, parameters={"totp_url": f"{totp_base}/totp"})
-        final = state.wait_for_run(run["run_id"], timeout=10)
-    assert final["status"] == "completed", final["failure_reason"]
-    assert seen
 
 
 def test_push_only_counts_codes_after_started_at() -> None:
@@ -203,7 +194,9 @@ def test_run_auth_and_validation(sim: tuple[str, SimulatorState]) -> None:
     alias = httpx.post(f"{base}/v1/run/workflows", json={"workflow_id": "wpid_2"}, headers=headers())
     assert alias.json()["run_request"]["agent_id"] == "wpid_2"
     task = httpx.post(f"{base}/v1/run/tasks", json={"prompt": "log in"}, headers=headers())
-    assert task.json()["run_id"].startswith("tsk_v2_") and task.json()["run_type"] == "task_v2"
+    assert task.json()["run_id"].startswith("tsk_") and task.json()["run_type"] == "task_v1"  # skyvern-1.0
+    v2 = httpx.post(f"{base}/v1/run/tasks", json={"prompt": "log in", "engine": "skyvern-2.0"}, headers=headers())
+    assert v2.json()["run_id"].startswith("tsk_v2_") and v2.json()["run_type"] == "task_v2"
     assert httpx.post(f"{base}/v1/run/tasks", json={"url": "https://x"}, headers=headers()).status_code == 422
 
 
@@ -245,12 +238,11 @@ def test_pull_non_json_keeps_polling_and_is_reported(sim: tuple[str, SimulatorSt
     assert final["status"] == "timed_out" and "200 (not JSON)" in final["failure_reason"]
 
 
-@pytest.mark.parametrize("url_then_pushed", [False, True])
-def test_both_sources(url_then_pushed: bool) -> None:
-    app = create_simulator_app([API_KEY], **{**FAST, "code_wait_timeout": 1.5, "url_then_pushed": url_then_pushed})
+def test_url_first_then_pushed_codes() -> None:
+    app = create_simulator_app([API_KEY], **{**FAST, "code_wait_timeout": 1.5})
     state: SimulatorState = app.state.simulator
     state.add_secret(SECRET, agent_id="wpid_login")
-    endpoint, _ = totp_endpoint([(200, {"verification_code": ""})] * 100)
+    endpoint, seen = totp_endpoint([(200, {"verification_code": ""})] * 100)
     with running_server(app) as base, running_server(endpoint) as totp_base:
         code = fresh_code(min_left=4.0)  # before the run: waiting for a window must not eat its 1.5 s
         run = start_agent(base, totp_url=f"{totp_base}/totp", totp_identifier="carol")
@@ -258,4 +250,18 @@ def test_both_sources(url_then_pushed: bool) -> None:
         httpx.post(f"{base}/v1/credentials/totp", headers=headers(),
                    json={"totp_identifier": "carol", "content": code}).raise_for_status()
         final = state.wait_for_run(run["run_id"])
-    assert final["status"] == ("completed" if url_then_pushed else "timed_out"), final["failure_reason"]
+    assert final["status"] == "completed" and final["code_source"] == "pushed", final["failure_reason"]
+    assert seen  # the URL was asked first on each poll
+
+
+def test_url_failing_outright_skips_the_pushed_codes() -> None:
+    app = create_simulator_app([API_KEY], **{**FAST, "code_wait_timeout": 1.0, "totp_attempts": 1})
+    state: SimulatorState = app.state.simulator
+    state.add_secret(SECRET, agent_id="wpid_login")
+    with running_server(app) as base:
+        run = start_agent(base, totp_url="http://127.0.0.1:9/totp", totp_identifier="carol")
+        state.wait_for_run(run["run_id"], {"running"})
+        httpx.post(f"{base}/v1/credentials/totp", headers=headers(),
+                   json={"totp_identifier": "carol", "content": fresh_code()}).raise_for_status()
+        final = state.wait_for_run(run["run_id"])
+    assert final["status"] == "timed_out" and "connection error" in final["failure_reason"]

@@ -33,12 +33,13 @@ from totp_service.simulator.options import (
     normalize_identifier,
     parse_timestamp,
 )
+from totp_service.simulator.agents import DefinitionInvalid, MissingValue, parameter_values
+from totp_service.simulator.lifecycle import run_lifecycle
 from totp_service.simulator.requests import RequestInvalid, validate_run_request
 from totp_service.simulator.runs import (
     PushedCode,
     SimSecret,
     SimulatorState,
-    run_lifecycle,
 )
 
 __all__ = ["FINAL_STATUSES", "SimulatorOptions", "SimulatorState", "create_simulator_app"]
@@ -115,21 +116,58 @@ def _json_body(body: bytes) -> Any:
 async def _start_run(state: SimulatorState, request: Request, body: bytes, kind: str) -> Response:
     if failure := _auth_failure(state, request, credentials_route=False):
         return failure
+    workflow, values = None, None
     try:
         run_request = validate_run_request(_json_body(body), kind, state.options)
-        max_steps_header = request.headers.get("x-max-steps-override")
-        try:
-            max_steps = int(max_steps_header) if max_steps_header is not None else None
-        except ValueError:
-            raise RequestInvalid(400, "Invalid x-max-steps-override header") from None
+        if kind == "agent":  # /v1/run/agents takes the header; /v1/run/tasks only the body field
+            max_steps_header = request.headers.get("x-max-steps-override")
+            try:
+                max_steps = int(max_steps_header) if max_steps_header is not None else None
+            except ValueError:
+                raise RequestInvalid(422, "Invalid x-max-steps-override header") from None
+            workflow = state.agent(run_request["agent_id"])
+            known = state.options.known_agents
+            if workflow is None and known is not None and run_request["agent_id"] not in known:
+                raise RequestInvalid(404, f"Workflow not found. workflow_permanent_id={run_request['agent_id']}")
+            if workflow is not None:
+                values = parameter_values(workflow, run_request.get("parameters"))
+        else:
+            max_steps = run_request.get("max_steps")
     except RequestInvalid as exc:
         return _detail(exc.status, exc.detail)
-    sim_run = state.create_run(kind, run_request, request.headers["x-api-key"], max_steps)
+    except MissingValue as exc:  # before any run exists, as Skyvern 1.0.56 does
+        return _detail(400, str(exc))
+    sim_run = state.create_run(kind, run_request, request.headers["x-api-key"], max_steps, workflow, values)
     task = asyncio.get_running_loop().create_task(run_lifecycle(state, sim_run))
     with state.lock:
         state.tasks[sim_run.run_id] = task
         response = sim_run.to_response(state.options.app_url)
     return JSONResponse(response)
+
+
+async def _create_agent(state: SimulatorState, request: Request, body: bytes) -> Response:
+    if failure := _auth_failure(state, request, credentials_route=False):
+        return failure
+    try:
+        payload = _json_body(body)
+        if not isinstance(payload, dict) or "json_definition" not in payload:
+            raise DefinitionInvalid("Invalid workflow definition. Workflow should be provided in either yaml or "
+                                    "json format.")
+        return JSONResponse(state.define_agent(payload["json_definition"]))
+    except RequestInvalid as exc:
+        return _detail(exc.status, exc.detail)
+    except DefinitionInvalid as exc:
+        return _detail(422, str(exc))
+
+
+async def _get_agent(state: SimulatorState, request: Request, body: bytes) -> Response:
+    if failure := _auth_failure(state, request, credentials_route=False):
+        return failure
+    agent_id = request.path_params["agent_id"]
+    workflow = state.agent(agent_id)
+    if workflow is None:
+        return _detail(404, f"Workflow not found. workflow_permanent_id={agent_id}")
+    return JSONResponse(workflow)
 
 
 async def _run_agent(state: SimulatorState, request: Request, body: bytes) -> Response:
@@ -333,6 +371,10 @@ def create_simulator_app(
         Route("/v1/run/agents", api(_run_agent), methods=["POST"]),
         Route("/v1/run/workflows", api(_run_agent), methods=["POST"]),
         Route("/v1/run/tasks", api(_run_task), methods=["POST"]),
+        Route("/v1/workflows", api(_create_agent), methods=["POST"]),
+        Route("/v1/workflows/", api(_create_agent), methods=["POST"]),
+        Route("/v1/workflows/{agent_id}", api(_get_agent), methods=["GET"]),
+        Route("/v1/workflows/{agent_id}/", api(_get_agent), methods=["GET"]),
         Route("/v1/runs/{run_id}", api(_get_run), methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", api(_cancel_run), methods=["POST"]),
         Route("/v1/credentials/totp", api(_push_code), methods=["POST"]),

@@ -19,7 +19,11 @@ PROXY_LOCATIONS: Final = frozenset(
         "RESIDENTIAL_NL", "RESIDENTIAL_ISP", "NONE", "US-CA", "US-NY", "US-TX", "US-FL", "US-WA",
     }
 )
-TASK_ENGINES: Final = frozenset({"skyvern-1.0", "skyvern-2.0", "openai-cua", "anthropic-cua", "ui-tars"})
+TASK_ENGINES: Final = frozenset({"skyvern-1.0", "skyvern-2.0", "skyvern-3.0", "openai-cua", "anthropic-cua",
+                                 "ui-tars", "yutori-navigator"})
+BROWSER_TYPES: Final = ("msedge", "chrome", "stealth-chromium")
+MAX_FILE_IDS: Final = 50
+_SKYVERN_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+$")
 _DIGESTS: Final = {"SHA1": hashlib.sha1, "SHA256": hashlib.sha256, "SHA512": hashlib.sha512}
 
 
@@ -35,10 +39,11 @@ class SimulatorOptions:
     totp_request_timeout: float = 5.0  # Skyvern: 30 s per totp_url request
     totp_retry_delay: float = 0.2  # Skyvern: 5 s between attempts of one failed request
     totp_attempts: int = 3  # Skyvern: 3 attempts per poll on connection errors/timeouts
-    url_then_pushed: bool = False  # Skyvern's code: with both set, only totp_url is asked (see note)
+    totp_lifespan: float = 600.0  # Skyvern: TOTP_LIFESPAN_MINUTES = 10; older pushed codes are never taken
     block_private_totp_url: bool = False  # True = behave like cloud Skyvern (400 blocked host)
     reject_replayed_codes: bool = True  # the "site" refuses a code already used in its window
-    known_agents: tuple[str, ...] | None = None  # None = every wpid_ exists
+    known_agents: tuple[str, ...] | None = None  # None = every wpid_ exists (one not defined with
+    # POST /v1/workflows is a legacy stand-in whose login reads the run-level fields: real Skyvern 404s)
     app_url: str = "https://app.skyvern.com"
 
 
@@ -52,9 +57,9 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def normalize_identifier(identifier: str) -> str:
-    """Skyvern stores email-like identifiers trimmed and case-folded, others as given."""
+    """Skyvern matches email-like identifiers trimmed and case-folded, others as given."""
     trimmed = identifier.strip()
-    return trimmed.casefold() if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", trimmed) else identifier
+    return trimmed.casefold() if _SKYVERN_EMAIL.fullmatch(trimmed) else identifier
 
 
 def parse_timestamp(value: str) -> datetime:

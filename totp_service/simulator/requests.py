@@ -8,6 +8,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from totp_service.simulator.options import (
+    BROWSER_TYPES,
+    MAX_FILE_IDS,
     PROXY_LOCATIONS,
     TASK_ENGINES,
     SimulatorOptions,
@@ -112,6 +114,30 @@ def _validate_common(body: dict[str, Any], errors: list) -> None:
             errors.append(_err(name, f"Value should start with {prefix}", value))
 
 
+def _check_browser_type(body: dict[str, Any], errors: list) -> None:
+    value = body.get("browser_type")
+    if value is None:
+        return
+    if value not in BROWSER_TYPES:
+        errors.append(_err("browser_type", f"Value error, Invalid browser_type '{value}'; must be one of: "
+                                           f"{', '.join(BROWSER_TYPES)}", value))
+    elif body.get("browser_session_id") is not None or body.get("browser_address") is not None:
+        errors.append({"type": "value_error", "loc": ["body"], "input": None,
+                       "msg": "Value error, browser_type cannot be combined with browser_session_id or "
+                              "browser_address — an attached browser owns its engine."})
+
+
+def _check_file_ids(body: dict[str, Any], errors: list) -> None:
+    value = body.get("file_ids")
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        errors.append(_err("file_ids", "Input should be a valid list of strings", value, "list_type"))
+    elif len(value) > MAX_FILE_IDS:
+        errors.append(_err("file_ids", f"List should have at most {MAX_FILE_IDS} items after validation, "
+                                       f"not {len(value)}", None, "too_long"))
+
+
 def validate_run_request(body: Any, kind: str, options: SimulatorOptions) -> dict[str, Any]:
     """Refuse what Skyvern refuses (422 field errors, 400 blocked host); return the stored request."""
     if not isinstance(body, dict):
@@ -134,12 +160,14 @@ def validate_run_request(body: Any, kind: str, options: SimulatorOptions) -> dic
         if request.get("engine") not in (None, *TASK_ENGINES):
             errors.append(_err("engine", "Input should be a valid engine", request.get("engine"), "enum"))
         _check_str_map(request, "error_code_mapping", errors)
+        _check_optional(request, "max_steps", int, errors)
+    if kind == "agent":
+        _check_browser_type(request, errors)
+    _check_file_ids(request, errors)
     _validate_common(request, errors)
     if errors:
         raise RequestInvalid(422, errors)
     totp_url = request.get("totp_url")
     if options.block_private_totp_url and totp_url and is_private_host(totp_url):
         raise RequestInvalid(400, "Invalid totp_url: blocked host.")
-    if kind == "agent" and options.known_agents is not None and request["agent_id"] not in options.known_agents:
-        raise RequestInvalid(404, f"Workflow not found. workflow_permanent_id={request['agent_id']}")
     return request

@@ -1,9 +1,9 @@
-"""The Skyvern simulator's state and run lifecycle: secrets, pushed codes, runs, polling totp_url.
+"""The Skyvern simulator's state: secrets, saved agents, pushed codes and Skyvern's pick of them, runs.
 
-Why: tests and the offline demo need a Skyvern that behaves like shared/SKYVERN.md says (signed
-totp_url polls, pushed codes counted only from ``started_at``, strict code checking at typing
-time) and that finishes in seconds. The HTTP layer lives in ``app.py``, request validation in
-``requests.py``.
+Why: tests and the offline demo need a Skyvern that behaves like shared/SKYVERN.md says (pushed
+codes counted only from ``started_at`` for agent runs, within the 10-minute lifespan, strict code
+checking at typing time) and that finishes in seconds. The HTTP layer lives in ``app.py``, request
+validation in ``requests.py``, a run's lifecycle and its polls in ``lifecycle.py``.
 """
 
 from __future__ import annotations
@@ -11,20 +11,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
-import re
+import copy
 import secrets as _secrets
 import threading
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 import pyotp
 
-from totp_service.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, compact_json, sign
+from totp_service.simulator.agents import make_workflow
 from totp_service.simulator.options import (
     _DIGESTS,
     FINAL_STATUSES,
@@ -33,6 +30,9 @@ from totp_service.simulator.options import (
     iso,
     normalize_identifier,
 )
+
+TASK_RUN_TYPES = {"skyvern-3.0": "task_v3", "openai-cua": "openai_cua", "anthropic-cua": "anthropic_cua",
+                  "ui-tars": "ui_tars", "yutori-navigator": "yutori_navigator"}
 
 # -- records ---------------------------------------------------------------------------------
 
@@ -47,8 +47,6 @@ class SimSecret:
     algorithm: str = "SHA1"
     agent_id: str | None = None
     totp_identifier: str | None = None
-    totp_url_param: str | None = None  # agent block reads its TOTP URL from parameters[...]
-    totp_identifier_param: str | None = None  # likewise for the identifier
 
     def __post_init__(self) -> None:
         cleaned = self.secret.replace(" ", "").upper()
@@ -99,10 +97,12 @@ class PushedCode:
 @dataclass
 class SimRun:
     run_id: str
-    run_type: str  # "workflow_run" | "task_v2"
+    run_type: str  # "workflow_run" | "task_v1" | "task_v2" | a CUA engine's
     api_key: str  # the org key the run was started with: it signs the totp_url polls
     request: dict[str, Any]
     max_steps: int | None
+    workflow: dict[str, Any] | None = None  # a defined agent's definition (None: a task or a legacy agent)
+    values: dict[str, Any] = field(default_factory=dict)  # the run's parameter values (defined agents)
     created_at: datetime = field(default_factory=_now)
     status: str = "created"
     modified_at: datetime = field(default_factory=_now)
@@ -113,6 +113,12 @@ class SimRun:
     failure_reason: str | None = None
     totp_answers: list[str] = field(default_factory=list)  # what totp_url answered, in order
     code_source: str | None = None  # "totp_url" | "pushed"
+    block_tasks: list[dict[str, Any]] = field(default_factory=list)  # defined agents: each block's task
+
+    @property
+    def anchored(self) -> bool:
+        """Pushed codes only from started_at on: runs with a workflow run behind them (not skyvern-1.0 tasks)."""
+        return self.run_type in ("workflow_run", "task_v2")
 
     def __repr__(self) -> str:
         return f"SimRun({self.run_id!r}, status={self.status!r})"
@@ -157,6 +163,7 @@ class SimulatorState:
         self.polls: list[dict[str, Any]] = []
         self.used_codes: set[tuple[str, int, str]] = set()
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.agents: dict[str, dict[str, Any]] = {}  # wpid_ -> Skyvern's Workflow JSON
 
     def __repr__(self) -> str:
         return f"SimulatorState(runs={len(self.runs)}, codes={len(self.codes)})"
@@ -214,6 +221,7 @@ class SimulatorState:
             data["totp_answers"] = list(sim_run.totp_answers)
             data["code_source"] = sim_run.code_source
             data["max_steps"] = sim_run.max_steps
+            data["block_tasks"] = [dict(task) for task in sim_run.block_tasks]
             return data
 
     def list_runs(self) -> list[dict[str, Any]]:
@@ -242,10 +250,30 @@ class SimulatorState:
                 raise TimeoutError(f"run {run_id} did not reach {sorted(statuses)} in {timeout}s")
             time.sleep(0.02)
 
+    # agents -------------------------------------------------------------------------------
+    def define_agent(self, json_definition: Any) -> dict[str, Any]:
+        """POST /v1/workflows: store a saved agent (DefinitionInvalid when Skyvern would refuse it)."""
+        workflow = make_workflow(json_definition)
+        with self.lock:
+            self.agents[workflow["workflow_permanent_id"]] = workflow
+        return copy.deepcopy(workflow)
+
+    def agent(self, agent_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            workflow = self.agents.get(agent_id)
+            return copy.deepcopy(workflow) if workflow is not None else None
+
     # runs ---------------------------------------------------------------------------------
-    def create_run(self, kind: str, request: dict[str, Any], api_key: str, max_steps: int | None) -> SimRun:
-        prefix, run_type = ("wr_", "workflow_run") if kind == "agent" else ("tsk_v2_", "task_v2")
-        sim_run = SimRun(f"{prefix}{_secrets.token_hex(8)}", run_type, api_key, request, max_steps)
+    def create_run(self, kind: str, request: dict[str, Any], api_key: str, max_steps: int | None,
+                   workflow: dict[str, Any] | None = None, values: dict[str, Any] | None = None) -> SimRun:
+        if kind == "agent":
+            prefix, run_type = "wr_", "workflow_run"
+        elif request.get("engine") == "skyvern-2.0":
+            prefix, run_type = "tsk_v2_", "task_v2"
+        else:  # skyvern-1.0 (the default), 3.0 and the CUA engines run a standalone task
+            prefix, run_type = "tsk_", TASK_RUN_TYPES.get(str(request.get("engine")), "task_v1")
+        sim_run = SimRun(f"{prefix}{_secrets.token_hex(8)}", run_type, api_key, request, max_steps, workflow,
+                         dict(values or {}))
         with self.lock:
             self.runs[sim_run.run_id] = sim_run
         return sim_run
@@ -278,15 +306,14 @@ class SimulatorState:
         with self.lock:
             self.codes.append(code)
 
-    def secret_for(self, sim_run: SimRun) -> SimSecret | None:
-        """Agent-specific secret first, then by identifier, then a catch-all (neither set)."""
+    def secret_for(self, sim_run: SimRun, identifier: str | None) -> SimSecret | None:
+        """The site's secret: agent-specific first, then by the identifier asked for, then a catch-all."""
         with self.lock:
             candidates = list(reversed(self.secrets))
         if sim_run.agent_id:
             for entry in candidates:
                 if entry.agent_id == sim_run.agent_id:
                     return entry
-        _, identifier = self.code_sources(sim_run, None)
         if identifier:
             wanted = normalize_identifier(identifier)
             for entry in candidates:
@@ -294,32 +321,22 @@ class SimulatorState:
                     return entry
         return next((e for e in candidates if not e.agent_id and not e.totp_identifier), None)
 
-    @staticmethod
-    def code_sources(sim_run: SimRun, secret: SimSecret | None) -> tuple[str | None, str | None]:
-        """(totp_url, totp_identifier) the login block uses: a block parameter wins over the run field."""
-        url, identifier = sim_run.request.get("totp_url"), sim_run.request.get("totp_identifier")
-        params = sim_run.request.get("parameters") or {}
-        if secret is not None and secret.totp_url_param and isinstance(params.get(secret.totp_url_param), str):
-            url = params[secret.totp_url_param] or url
-        if secret is not None and secret.totp_identifier_param and isinstance(
-            params.get(secret.totp_identifier_param), str
-        ):
-            identifier = params[secret.totp_identifier_param] or identifier
-        return url, identifier
-
-    def newest_pushed_code(self, sim_run: SimRun, identifier: str) -> str | None:
-        """Skyvern's pick: same identifier, created at/after started_at, unexpired, in scope, newest."""
+    def newest_pushed_code(self, sim_run: SimRun, identifier: str, task_id: str) -> str | None:
+        """Skyvern 1.0.56's pick (otp_service._get_otp_value_from_db): same identifier, created in the last
+        totp_lifespan seconds, at/after started_at for anchored runs, unexpired, not scoped to another run
+        or task, newest first across scopes. A standalone task has no workflow run, so a row scoped to
+        another workflow run is not skipped for it."""
         wanted, now = normalize_identifier(identifier), _now()
-        own_field = "workflow_run_id" if sim_run.run_type == "workflow_run" else "task_id"
-        other_field = "task_id" if own_field == "workflow_run_id" else "workflow_run_id"
+        run_id = sim_run.run_id if sim_run.run_type == "workflow_run" else None
+        oldest = now - timedelta(seconds=self.options.totp_lifespan)
         with self.lock:
             usable = [
                 c for c in self.codes
-                if normalize_identifier(c.totp_identifier) == wanted
-                and sim_run.started_at is not None and c.created_at >= sim_run.started_at
+                if normalize_identifier(c.totp_identifier) == wanted and c.code and c.created_at > oldest
+                and (not sim_run.anchored or (sim_run.started_at is not None and c.created_at >= sim_run.started_at))
                 and (c.expired_at is None or c.expired_at > now)
-                and getattr(c, own_field) in (None, sim_run.run_id) and getattr(c, other_field) is None
-                and c.code
+                and not (c.workflow_run_id and run_id and c.workflow_run_id != run_id)
+                and not (c.task_id and c.task_id != task_id)
             ]
         return max(usable, key=lambda c: c.created_at).code if usable else None
 
@@ -336,145 +353,3 @@ class SimulatorState:
                 return "the TOTP code had already been used in this window (replay refused)"
             self.used_codes.add(key)
         return None
-
-
-# -- lifecycle -------------------------------------------------------------------------------
-
-
-def poll_body(sim_run: SimRun) -> bytes:
-    """Only the ids known for the run, in Skyvern's order: task_id, workflow_run_id, workflow_permanent_id."""
-    if sim_run.run_type == "workflow_run":
-        payload = {"workflow_run_id": sim_run.run_id, "workflow_permanent_id": sim_run.agent_id}
-    else:
-        payload = {"task_id": sim_run.run_id}
-    return compact_json(payload)
-
-
-class _PollContractError(Exception):
-    """totp_url answered something Skyvern cannot handle (it would crash or report it)."""
-
-
-async def _poll_url(state: SimulatorState, sim_run: SimRun, client: httpx.AsyncClient, url: str) -> str | None:
-    """One poll as Skyvern makes it; what the endpoint answered goes to ``sim_run.totp_answers``."""
-    body = poll_body(sim_run)
-    headers = {
-        "content-type": "application/json",
-        TIMESTAMP_HEADER: str(int(time.time())),
-        SIGNATURE_HEADER: sign(body, sim_run.api_key),
-    }
-    options = state.options
-    response: httpx.Response | None = None
-    for attempt in range(max(1, options.totp_attempts)):
-        try:
-            response = await client.post(url, content=body, headers=headers)
-            answer: str = str(response.status_code)
-        except httpx.TimeoutException:
-            answer = "timeout"
-        except httpx.TransportError:
-            answer = "connection error"
-        with state.lock:
-            state.polls.append({"run_id": sim_run.run_id, "url": url, "body": body.decode(),
-                                "headers": dict(headers), "status": answer})
-        if response is not None:
-            break
-        if attempt < options.totp_attempts - 1:
-            await asyncio.sleep(options.totp_retry_delay)
-    if response is None or response.status_code != 200:
-        sim_run.totp_answers.append(answer)
-        return None
-    try:
-        payload = json.loads(response.content)
-    except ValueError:  # Skyvern: a contract error, reported in failure_reason at timeout
-        sim_run.totp_answers.append("200 (not JSON)")
-        return None
-    if not isinstance(payload, dict):
-        sim_run.totp_answers.append("200 (JSON not an object)")
-        return None
-    code = payload.get("verification_code")
-    if code is not None and not isinstance(code, str):  # Skyvern's OTPValue(value=...) raises, uncaught
-        raise _PollContractError("totp_url answered a verification_code that is not a string")
-    if not code:
-        sim_run.totp_answers.append("200 (no code yet)")
-        return None
-    if len(code) > 10:  # Skyvern hands it to an LLM; the simulator takes the first 4-10 digit run
-        sim_run.totp_answers.append("200 (long text: LLM parse)")
-        match = re.search(r"(?<!\d)\d{4,10}(?!\d)", code)
-        return match.group(0) if match else None
-    sim_run.totp_answers.append("200 (code)")
-    return code
-
-
-def _answers_summary(answers: list[str]) -> str:
-    if not answers:
-        return "none"
-    counts = Counter(answers)
-    return ", ".join(f"{answer} x{n}" for answer, n in counts.items())
-
-
-async def _wait_for_code(
-    state: SimulatorState, sim_run: SimRun, url: str | None, identifier: str | None
-) -> tuple[str, str] | None:
-    options = state.options
-    deadline = time.monotonic() + options.code_wait_timeout
-    await asyncio.sleep(options.first_poll_delay)
-    async with httpx.AsyncClient(timeout=options.totp_request_timeout, trust_env=False) as client:
-        while time.monotonic() <= deadline:
-            if url:
-                code = await _poll_url(state, sim_run, client, url)
-                if code:
-                    return code, "totp_url"
-            if identifier and (not url or options.url_then_pushed):
-                code = state.newest_pushed_code(sim_run, identifier)
-                if code:
-                    return code, "pushed"
-            await asyncio.sleep(options.poll_interval)
-    return None
-
-
-async def run_lifecycle(state: SimulatorState, sim_run: SimRun) -> None:
-    """created -> queued -> running -> wait for a code -> type it -> completed/failed/timed_out."""
-    options = state.options
-    try:
-        state.set_status(sim_run, "queued")
-        await asyncio.sleep(options.queue_delay)
-        state.set_status(sim_run, "running")
-        secret = state.secret_for(sim_run)
-        url, identifier = state.code_sources(sim_run, secret)
-        if secret is None:
-            if url or identifier:
-                state.set_status(sim_run, "failed", failure_reason=(
-                    "Simulator has no TOTP secret for this run (register one with POST /_sim/secrets)"))
-            else:
-                state.set_status(sim_run, "completed", output={"logged_in": True, "totp_used": False})
-            return
-        if not url and not identifier:
-            state.set_status(sim_run, "failed", failure_reason=(
-                "The login asked for a TOTP code but the run has no totp_url and no totp_identifier"))
-            return
-        try:
-            found = await _wait_for_code(state, sim_run, url, identifier)
-        except _PollContractError as exc:
-            state.set_status(sim_run, "failed", failure_reason=f"Failed to get TOTP code: {exc}")
-            return
-        if found is None:
-            state.set_status(sim_run, "timed_out", failure_reason=(
-                f"Failed to get TOTP verification code within {options.code_wait_timeout:g}s. "
-                f"totp_url answers: {_answers_summary(sim_run.totp_answers)}"))
-            return
-        code, source = found
-        with state.lock:
-            sim_run.code_source = source
-        await asyncio.sleep(options.typing_delay)
-        refusal = state.check_typed_code(secret, code)
-        if refusal:
-            state.set_status(sim_run, "failed", failure_reason=f"Login failed: {refusal}")
-        else:
-            state.set_status(sim_run, "completed", output={"logged_in": True, "totp_used": True,
-                                                           "code_source": source})
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # a simulator bug must show up as a failed run, not a hang
-        state.set_status(sim_run, "failed", failure_reason=f"Simulator error: {type(exc).__name__}")
-    finally:
-        with state.lock:
-            state.tasks.pop(sim_run.run_id, None)
