@@ -54,9 +54,24 @@ class Sim:
         return self.state.pushed_codes()
 
 
+def agent_parameter(key: str, default: Any = None, kind: str = "string") -> dict[str, Any]:
+    return {"key": key, "parameter_type": "workflow", "workflow_parameter_type": kind, "default_value": default}
+
+
+def login_agent(parameters: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    """A saved agent with one login block; by default its TOTP fields read {{ totp_identifier }} / {{ totp_url }}."""
+    block = {"block_type": "login", "label": "sign_in", "navigation_goal": "sign in",
+             **(fields or {"totp_identifier": "{{ totp_identifier }}", "totp_verification_url": "{{ totp_url }}"})}
+    if parameters is None:
+        parameters = [agent_parameter("totp_identifier", ""), agent_parameter("totp_url", "")]
+    return {"title": "log in", "workflow_definition": {"parameters": parameters, "blocks": [block]}}
+
+
 @contextmanager
 def simulator(**options: Any) -> Iterator[Sim]:
+    """The simulator, with AGENT saved as `login_agent()` (a block wired through its parameters)."""
     app = create_simulator_app([API_KEY], **{**FAST, **options})
+    app.state.simulator.define_agent(login_agent(), AGENT)
     with running_server(app) as base:
         yield Sim(base, app.state.simulator)
 

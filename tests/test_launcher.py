@@ -20,6 +20,8 @@ from helpers_launch import (
     SECRET,
     Env,
     Sim,
+    agent_parameter,
+    login_agent,
     make_env,
     parse_utc,
     service,
@@ -71,7 +73,9 @@ def test_push_mode_repushes_once_running_and_completes(tmp_path: Path) -> None:
         end = parse_utc(row["expired_at"]) + MIN_VALIDITY
         assert abs(end / PERIOD - round(end / PERIOD)) < 1e-3
         assert parse_utc(row["created_at"]) < parse_utc(row["expired_at"])
-    assert body == {"agent_id": AGENT, "totp_identifier": IDENTIFIER}
+    assert body == {"agent_id": AGENT, "totp_identifier": IDENTIFIER, "parameters": {"totp_identifier": IDENTIFIER}}
+    assert outcome.wiring is not None and outcome.wiring.lines() == [
+        f"block 'sign_in' (login): totp_identifier <- parameters.totp_identifier = {IDENTIFIER}"]
 
 
 def test_code_pushed_before_start_does_not_complete_the_run(tmp_path: Path) -> None:
@@ -80,7 +84,7 @@ def test_code_pushed_before_start_does_not_complete_the_run(tmp_path: Path) -> N
         sim.state.add_secret(SECRET, period=PERIOD, totp_identifier=IDENTIFIER)
         env = make_env(tmp_path, sim)
         with env.client() as client:
-            run = client.run_agent({"agent_id": AGENT, "totp_identifier": IDENTIFIER})
+            run = client.run_agent({"agent_id": AGENT, "parameters": {"totp_identifier": IDENTIFIER}})
             code = pyotp.TOTP(SECRET, interval=PERIOD).now()
             client.push_code(IDENTIFIER, code, expired_at=None, workflow_run_id=run["run_id"])
         final = sim.state.wait_for_run(run["run_id"], timeout=10)
@@ -94,29 +98,35 @@ def test_url_mode_completes_with_signed_pull(env: Env) -> None:
     assert outcome.status == "completed", final["failure_reason"]
     assert final["code_source"] == "totp_url" and "200 (code)" in final["totp_answers"]
     assert final["run_request"]["totp_url"] == f"{base}/totp/alice%40example.com" == totp_url(env.settings, IDENTIFIER)
+    assert final["run_request"]["parameters"] == {"totp_url": totp_url(env.settings, IDENTIFIER)}
+    assert final["block_tasks"][0]["totp_url"] == totp_url(env.settings, IDENTIFIER)
     assert "totp_identifier" not in final["run_request"]
     assert env.sim.push_rows() == []
 
 
 def test_totp_param_carries_url_and_identifier_to_blocks(tmp_path: Path) -> None:
     with simulator() as sim:
-        # the simulated login block reads its TOTP source only from a workflow parameter
-        sim.state.add_secret(SECRET, period=PERIOD, agent_id="wpid_url_block", totp_url_param="totp_url")
-        sim.state.add_secret(SECRET, period=PERIOD, agent_id="wpid_push_block", totp_identifier_param="who")
+        # the login blocks read their TOTP source only from a workflow parameter
+        sim.state.define_agent(login_agent([agent_parameter("otp"), agent_parameter("plan")],
+                                           totp_verification_url="{{ otp }}"), "wpid_url_block")
+        sim.state.define_agent(login_agent([agent_parameter("who")], totp_identifier="{{who}}"), "wpid_push_block")
+        sim.state.add_secret(SECRET, period=PERIOD, agent_id="wpid_url_block")
+        sim.state.add_secret(SECRET, period=PERIOD, agent_id="wpid_push_block")
         env = make_env(tmp_path, sim)
         with service(env):
-            url_run = launch_agent(env.settings, "wpid_url_block", IDENTIFIER, mode="url", totp_param="totp_url",
+            url_run = launch_agent(env.settings, "wpid_url_block", IDENTIFIER, mode="url", totp_param="otp",
                                    request={"parameters": {"plan": "pro"}}, client=env.client())
         push_run = launch_agent(env.settings, "wpid_push_block", IDENTIFIER, mode="push", totp_param="who",
                                 client=env.client())
     assert url_run.status == "completed" and push_run.status == "completed"
-    assert url_run.run["run_request"]["parameters"] == {"plan": "pro", "totp_url": totp_url(env.settings, IDENTIFIER)}
+    assert url_run.run["run_request"]["parameters"] == {"plan": "pro", "otp": totp_url(env.settings, IDENTIFIER)}
     assert push_run.run["run_request"]["parameters"] == {"who": IDENTIFIER}
 
 
 def test_attach_to_run_started_with_plain_httpx(env: Env) -> None:
     started = httpx.post(f"{env.sim.base}/v1/run/agents", headers={"x-api-key": API_KEY},
-                         json={"agent_id": AGENT, "totp_identifier": IDENTIFIER}).json()
+                         json={"agent_id": AGENT, "totp_identifier": IDENTIFIER,
+                               "parameters": {"totp_identifier": IDENTIFIER}}).json()
     outcome = attach_pusher(env.settings, started["run_id"], IDENTIFIER, client=env.client())
     assert outcome.status == "completed", outcome.run["failure_reason"]
     assert outcome.pushes >= 1
@@ -132,8 +142,8 @@ def test_task_run_pushes_scoped_by_task_id(env: Env) -> None:
     assert rows and all(r["task_id"] == outcome.run_id and r["workflow_run_id"] is None for r in rows)
     recorded = env.sim.requests("/v1/run/tasks")
     assert recorded[0]["json"] == {"prompt": "log in and read the balance", "url": "https://bank.example",
-                                   "engine": "skyvern-2.0", "totp_identifier": IDENTIFIER}
-    assert recorded[0]["headers"]["x-max-steps-override"] == "5"
+                                   "engine": "skyvern-2.0", "totp_identifier": IDENTIFIER, "max_steps": 5}
+    assert "x-max-steps-override" not in recorded[0]["headers"]  # /v1/run/tasks reads the body field
 
 
 def test_429_and_5xx_on_pushes_and_status_reads_are_survived(env: Env) -> None:

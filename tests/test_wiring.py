@@ -122,7 +122,12 @@ def test_totp_param_override() -> None:
     definition = agent([login(totp_identifier="{{ a ~ b }}")], [param("a"), param("b", "")])
     result = plan(definition, totp_param="a")
     assert result.parameters == {"a": ME}
-    assert any("no block" in note for note in result.notes)
+    assert any("going ahead because of --totp-param" in note for note in result.notes)
+    wired = plan(agent([login(totp_identifier="{{ login_id }}")], [param("login_id")]), totp_param="who")
+    assert wired.parameters == {"login_id": ME, "who": ME}  # wired as usual, and NAME filled too
+    assert any("Skyvern ignores it" in note for note in wired.notes)
+    with pytest.raises(MissingParameter):
+        plan(agent([login(totp_identifier="{{ x }}")], [param("x"), param("site")]), totp_param="x")
 
 
 def test_bad_definitions_and_urls() -> None:

@@ -18,6 +18,7 @@ from totp_service.config import Settings
 from totp_service.identifiers import normalize_identifier
 from totp_service.launcher import runs as launcher
 from totp_service.launcher.request import (
+    BROWSER_TYPES,
     PROXY_LOCATIONS,
     RUN_WITH,
     TASK_ENGINES,
@@ -83,9 +84,16 @@ class StatusPrinter:
             self._line = False
 
 
+def _with_wiring(outcome: launcher.RunOutcome) -> dict[str, Any]:
+    """The run as Skyvern shows it, plus how the launcher wired the agent's blocks (`wiring`)."""
+    if outcome.wiring is None:
+        return outcome.run
+    return {**outcome.run, "wiring": outcome.wiring.to_json()}
+
+
 def _print_outcome(outcome: launcher.RunOutcome, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(outcome.run, indent=2, ensure_ascii=False, sort_keys=True))
+        print(json.dumps(_with_wiring(outcome), indent=2, ensure_ascii=False, sort_keys=True))
         return
     run = outcome.run
     print(f"run {outcome.run_id} {outcome.status} after {outcome.elapsed:.1f}s ({outcome.pushes} code(s) pushed)")
@@ -180,6 +188,8 @@ def _common_request(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.header:
         request["extra_http_headers"] = parse_pairs(args.header, "--header", sep=":")
+    if args.file_id:
+        request["file_ids"] = list(args.file_id)
     return {k: v for k, v in request.items() if v is not None}
 
 
@@ -196,7 +206,7 @@ def agent_request_from_args(args: argparse.Namespace) -> dict[str, Any]:
         request["cdp_connect_headers"] = parse_pairs(args.cdp_header, "--cdp-header", sep=":")
     if args.metadata:
         request["run_metadata"] = parse_pairs(args.metadata, "--metadata")
-    for name, value in (("browser_profile_id", args.browser_profile_id),
+    for name, value in (("browser_profile_id", args.browser_profile_id), ("browser_type", args.browser_type),
                         ("max_elapsed_time_minutes", args.max_minutes), ("ai_fallback", args.ai_fallback)):
         if value is not None:
             request[name] = value
@@ -236,7 +246,8 @@ def _run_launch(args: argparse.Namespace, settings: Settings, kind: str, interru
         if kind == "agent":
             outcome = launcher.launch_agent(
                 settings, args.agent_id, args.identifier, mode=args.mode, request=agent_request_from_args(args),
-                totp_param=args.totp_param, max_steps=args.max_steps, wait=not args.no_wait, on_event=on_event)
+                totp_param=args.totp_param, inspect=not args.no_inspect, max_steps=args.max_steps,
+                wait=not args.no_wait, on_event=on_event)
         else:
             outcome = launcher.launch_task(
                 settings, args.prompt, args.identifier, url=args.url, mode=args.mode,
@@ -251,7 +262,7 @@ def _run_launch(args: argparse.Namespace, settings: Settings, kind: str, interru
             print(f"totp-service: run {outcome.run_id} canceled", file=sys.stderr)
             return launcher.EXIT_INTERRUPTED
         if args.json:
-            print(json.dumps(outcome.run, indent=2, ensure_ascii=False, sort_keys=True))
+            print(json.dumps(_with_wiring(outcome), indent=2, ensure_ascii=False, sort_keys=True))
         else:
             print(outcome.run_id)
         return 0
@@ -315,7 +326,10 @@ def _add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-screenshot-scrolls", type=int, metavar="N")
     parser.add_argument("--header", action="append", metavar="K:V", help="extra_http_headers (repeatable)")
     parser.add_argument("--run-with", choices=RUN_WITH)
-    parser.add_argument("--max-steps", type=int, metavar="N", help="sent as header x-max-steps-override")
+    parser.add_argument("--max-steps", type=int, metavar="N",
+                        help="agents: header x-max-steps-override; tasks: the body field max_steps")
+    parser.add_argument("--file-id", action="append", metavar="FILE_ID", help="file_ids: a file to attach (repeatable, "
+                                                                             "at most 50)")
     parser.add_argument("--no-wait", action="store_true", help="url mode only: print the run id and return")
     parser.add_argument("--json", action="store_true", help="print the final run as JSON on stdout")
 
@@ -324,8 +338,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     launch = sub.add_parser(
         "launch", help="run a saved Skyvern agent with TOTP codes from this service, follow it to the end",
         description="Run a saved agent (wpid_...) on Skyvern (SKYVERN_BASE_URL, SKYVERN_API_KEY) with codes for "
-                    "--identifier, pulled from our totp_url (url mode) or pushed by us (push mode). Everything "
-                    "checkable is checked before the run is created. Ctrl-C / SIGTERM cancel the run.",
+                    "--identifier, pulled from our totp_url (url mode) or pushed by us (push mode). The agent's "
+                    "blocks are read first and the parameters their TOTP fields name are filled (Skyvern reads "
+                    "codes from the blocks, never from the run); everything checkable is checked before the run "
+                    "is created. Ctrl-C / SIGTERM cancel the run.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     launch.add_argument("agent_id", metavar="AGENT_ID", help="the agent's id, wpid_...")
     _add_common_flags(launch)
@@ -333,8 +349,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="agent parameter (repeatable); V is parsed as JSON when it parses")
     launch.add_argument("--params-file", metavar="FILE", help="JSON object of parameters (--param wins)")
     launch.add_argument("--totp-param", metavar="NAME",
-                        help="also put the totp_url (url mode) or the identifier (push mode) in parameters[NAME], "
-                             "for agent blocks reading e.g. {{ totp_url }}")
+                        help="also put the totp_url (url mode) or the identifier (push mode) in parameters[NAME] "
+                             "(the launcher already fills the parameters the agent's blocks name)")
+    launch.add_argument("--no-inspect", action="store_true",
+                        help="do not read the agent's definition (a key without read access, an older Skyvern): "
+                             "nothing checks that a block will ask for our codes")
+    launch.add_argument("--browser-type", choices=BROWSER_TYPES, help="browser engine for this run")
     launch.add_argument("--browser-profile-id", metavar="BP_ID")
     launch.add_argument("--max-minutes", type=int, metavar="1..240", help="max_elapsed_time_minutes")
     launch.add_argument("--cdp-header", action="append", metavar="K:V", help="cdp_connect_headers (repeatable)")

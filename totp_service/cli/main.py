@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _extension_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Commands that live in their own modules (service, launcher), when present."""
     registrars = []
-    for module_name in ("totp_service.cli.serve", "totp_service.cli.launch"):
+    for module_name in ("totp_service.cli.serve", "totp_service.cli.launch", "totp_service.cli.agent",
+                        "totp_service.cli.simulator"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -352,20 +352,9 @@ def follow_run(
 
 
 def _launch(
-    kind: str,
-    settings: Settings,
-    request: Mapping[str, Any],
-    identifier: str,
-    *,
-    mode: str | None,
-    totp_param: str | None,
-    inspect: bool = True,
-    max_steps: int | None,
-    wait: bool,
-    on_event: EventHandler | None,
-    stop: threading.Event | None,
-    client: SkyvernClient | None,
-    store: Store | None,
+    kind: str, settings: Settings, request: Mapping[str, Any], identifier: str, *, mode: str | None,
+    totp_param: str | None, inspect: bool = True, max_steps: int | None, wait: bool, on_event: EventHandler | None,
+    stop: threading.Event | None, client: SkyvernClient | None, store: Store | None,
 ) -> RunOutcome:
     mode = mode or settings.launcher.mode
     identifier = check_identifier(identifier)
@@ -380,13 +369,13 @@ def _launch(
     if mode == "url":
         check_cloud_reachable(settings)
     with _resources(settings, identifier, mode, client, store) as (skyvern, source):
+        if mode == "url":
+            check_service(settings, identifier)
         plan = None
         if kind == "agent":
             emit = (lambda kind, message: on_event(LaunchEvent(kind, message))) if on_event else None
             body, plan = wire_agent_run(skyvern, body, mode, identifier, totp_url(settings, identifier),
                                         totp_param=totp_param, inspect=inspect, emit=emit)
-        if mode == "url":
-            check_service(settings, identifier)
         start = skyvern.run_agent if kind == "agent" else skyvern.run_task
         run = start(body, max_steps=max_steps)
         if not run.get("run_id"):
@@ -440,9 +429,7 @@ def inspect_agent(
     agent_id: str,
     identifier: str,
     *,
-    mode: str | None = None,
-    parameters: Mapping[str, Any] | None = None,
-    totp_param: str | None = None,
+    mode: str | None = None, parameters: Mapping[str, Any] | None = None, totp_param: str | None = None,
     client: SkyvernClient | None = None,
 ) -> WiringPlan:
     """How `launch_agent` would wire the agent's blocks, without starting anything (WiringRefused if it would not)."""

@@ -375,9 +375,20 @@ class _Planner:
         self.step(block, name, "cleared" if self.mode == "push" else "filled", value, parameter)
 
     def run(self) -> WiringPlan:
+        if not self.totp_param:
+            self.wire_blocks()
+        else:  # the user names the parameter: wire what we can as well, refuse only a contradiction
+            try:
+                self.wire_blocks()
+            except (NoTotpBlock, StaticValueMismatch, UnfillableField) as exc:
+                self.plan = WiringPlan(self.agent.agent_id, self.mode)
+                self.plan.notes.append(f"going ahead because of --totp-param: {exc}")
+            self.override(FIELD_FOR_MODE[self.mode])
+        self.check_missing()
+        return self.plan
+
+    def wire_blocks(self) -> None:
         name = FIELD_FOR_MODE[self.mode]
-        if self.totp_param:
-            return self.run_override(name)
         asking = [b for b in self.agent.blocks if b.identifier or b.url or read_field(b, IDENTIFIER_FIELD,
                                                                                       self.agent.parameters).kind == "credential"]
         if not asking:
@@ -394,23 +405,20 @@ class _Planner:
                               f"{'url' if self.mode == 'push' else 'push'}, or: {_hint(self.mode)}")
         for block in wired:
             self.other_field(block)
-        self.check_missing()
-        return self.plan
 
-    def run_override(self, name: str) -> WiringPlan:
-        """--totp-param NAME: the user says where the value goes; we only report and check what is missing."""
+    def override(self, name: str) -> None:
+        """--totp-param NAME: the value goes to parameters[NAME] whatever the blocks say."""
         parameter = self.totp_param or ""
         self.fill(name, parameter, self.ours[name])
         readers = [b for b in self.agent.blocks if read_field(b, name, self.agent.parameters).parameter == parameter]
-        for block in readers:
-            self.step(block, name, "filled", self.ours[name], parameter)
+        if not any(step.parameter == parameter for step in self.plan.steps):
+            for block in readers:
+                self.step(block, name, "filled", self.ours[name], parameter)
         if not readers:
             self.plan.notes.append(f"--totp-param {parameter}: no block's {name} is {{{{ {parameter} }}}}; "
                                    "the value is passed anyway")
         if parameter not in self.agent.parameters:
             self.plan.notes.append(f"the agent declares no parameter {parameter!r}: Skyvern ignores it")
-        self.check_missing()
-        return self.plan
 
     def check_missing(self) -> None:
         missing = [p.key for p in self.agent.parameters.values()

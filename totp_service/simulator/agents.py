@@ -68,7 +68,7 @@ def _validate_block(block: Any, labels: set[str]) -> None:
         _validate_block(inner, labels)
 
 
-def make_workflow(json_definition: Any, organization_id: str = "o_simulated") -> dict[str, Any]:
+def make_workflow(json_definition: Any, agent_id: str | None = None) -> dict[str, Any]:
     """What `POST /v1/workflows {"json_definition": ...}` stores and answers (Skyvern's Workflow shape)."""
     if not isinstance(json_definition, Mapping):
         raise DefinitionInvalid("json_definition must be an object")
@@ -82,7 +82,7 @@ def make_workflow(json_definition: Any, organization_id: str = "o_simulated") ->
     labels: set[str] = set()
     for block in blocks:
         _validate_block(block, labels)
-    workflow_id, wpid = f"w_{_secrets.token_hex(8)}", f"wpid_{_secrets.token_hex(8)}"
+    workflow_id, wpid = f"w_{_secrets.token_hex(8)}", agent_id or f"wpid_{_secrets.token_hex(8)}"
     stamp = _now().replace(tzinfo=None).isoformat()
     stored_parameters = []
     for item in parameters:
@@ -97,7 +97,7 @@ def make_workflow(json_definition: Any, organization_id: str = "o_simulated") ->
                          created_at=stamp, modified_at=stamp, deleted_at=None)
         stored_parameters.append(entry)
     return {
-        "workflow_id": workflow_id, "organization_id": organization_id, "title": title,
+        "workflow_id": workflow_id, "organization_id": "o_simulated", "title": title,
         "workflow_permanent_id": wpid, "version": 1, "is_saved_task": False,
         "description": json_definition.get("description"),
         "workflow_definition": {"version": 1, "parameters": stored_parameters, "blocks": list(blocks)},

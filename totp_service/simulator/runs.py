@@ -251,9 +251,10 @@ class SimulatorState:
             time.sleep(0.02)
 
     # agents -------------------------------------------------------------------------------
-    def define_agent(self, json_definition: Any) -> dict[str, Any]:
-        """POST /v1/workflows: store a saved agent (DefinitionInvalid when Skyvern would refuse it)."""
-        workflow = make_workflow(json_definition)
+    def define_agent(self, json_definition: Any, agent_id: str | None = None) -> dict[str, Any]:
+        """POST /v1/workflows: store a saved agent (DefinitionInvalid when Skyvern would refuse it).
+        `agent_id` fixes its wpid_ (tests, the demo); Skyvern always makes a new one."""
+        workflow = make_workflow(json_definition, agent_id)
         with self.lock:
             self.agents[workflow["workflow_permanent_id"]] = workflow
         return copy.deepcopy(workflow)
