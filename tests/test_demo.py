@@ -24,6 +24,8 @@ def test_demo_completes_both_runs_quickly_without_showing_codes(tmp_path) -> Non
     assert "both runs completed" in out
     waits = [float(w) for w in re.findall(r"waiting (\d+(?:\.\d+)?)s", out)]
     assert all(w <= 5.0 for w in waits), out  # the push half never sits out a whole window
+    assert "block 'sign_in' (login): totp_verification_url <- parameters.otp_url = http://127.0.0.1:" in out
+    assert "block 'sign_in' (login): totp_identifier <- parameters.login_id = demo@example.com" in out
     assert not re.search(r"\b\d{6}\b", out), "a one-time code was printed"
     assert not re.search(r"\b[A-Z2-7]{16,}\b", out), "something like a base32 secret was printed"
     assert "sk-demo-" not in out + result.stderr

@@ -20,6 +20,7 @@ from helpers_launch import (
     Env,
     Sim,
     cli_process,
+    login_agent,
     make_env,
     service,
     simulator,
@@ -66,7 +67,8 @@ def test_every_seed_flag_arrives_exactly(env: Env, run_cli: Any, tmp_path: Path)
     assert len(recorded) == 1
     assert recorded[0]["json"] == {
         "agent_id": AGENT,
-        "parameters": {"a": 1, "d": "from file", "b": "text", "c": {"x": [1, 2]}, "who": IDENTIFIER},
+        "parameters": {"a": 1, "d": "from file", "b": "text", "c": {"x": [1, 2]}, "who": IDENTIFIER,
+                       "totp_identifier": IDENTIFIER},  # what the block reads, and --totp-param's NAME
         "title": "Nightly login",
         "proxy_location": {"country": "US", "subdivision": "CA", "city": "San Francisco"},
         "webhook_url": "https://hooks.example/done",
@@ -89,7 +91,12 @@ def test_every_seed_flag_arrives_exactly(env: Env, run_cli: Any, tmp_path: Path)
         assert run_cli("launch", AGENT, "--identifier", IDENTIFIER, "--mode", "push", *flags).code == 0
         body = env.sim.requests("/v1/run/agents")[-1]["json"]
         assert body["proxy_location"] == proxy
-    assert body == {"agent_id": AGENT, "proxy_location": proxy, "totp_identifier": IDENTIFIER}
+    assert body == {"agent_id": AGENT, "proxy_location": proxy, "totp_identifier": IDENTIFIER,
+                    "parameters": {"totp_identifier": IDENTIFIER}}
+    assert run_cli("launch", AGENT, "--identifier", IDENTIFIER, "--mode", "push", "--browser-type", "msedge",
+                   "--file-id", "file_1", "--file-id", "file_2").code == 0
+    body = env.sim.requests("/v1/run/agents")[-1]["json"]
+    assert body["browser_type"] == "msedge" and body["file_ids"] == ["file_1", "file_2"]
 
 
 def test_task_flags_arrive_exactly(env: Env, run_cli: Any) -> None:
@@ -101,8 +108,8 @@ def test_task_flags_arrive_exactly(env: Env, run_cli: Any) -> None:
     assert recorded["json"] == {"prompt": "Log in", "url": "https://bank.example", "engine": "skyvern-1.0",
                                 "data_extraction_schema": {"type": "object"},
                                 "error_code_mapping": {"LOCKED": "account locked"}, "title": "T",
-                                "extra_http_headers": {"X-A": "1"}, "totp_identifier": IDENTIFIER}
-    assert recorded["headers"]["x-max-steps-override"] == "3"
+                                "extra_http_headers": {"X-A": "1"}, "totp_identifier": IDENTIFIER, "max_steps": 3}
+    assert "x-max-steps-override" not in recorded["headers"]  # /v1/run/tasks reads max_steps from the body
     assert "completed" in result.out
 
 
@@ -121,6 +128,8 @@ BAD_COMMANDS = [
     (["launch", AGENT, "--max-steps", "0"], 2, "--max-steps"),
     (["launch", AGENT, "--webhook-url", "not a url"], 2, "webhook_url"),
     (["launch", AGENT, "--no-wait"], 2, "url mode only"),
+    (["launch", AGENT, "--browser-type", "msedge", "--browser-session-id", "pbs_1"], 2, "cannot be combined"),
+    (["launch", AGENT, *[f"--file-id=f{n}" for n in range(51)]], 2, "at most 50"),
     (["launch-task", "--prompt", "x", "--url", "ftp://x"], 2, "url"),
     (["launch", AGENT, "--identifier", "nobody@example.com"], 1, "no secret for 'nobody@example.com'"),
     (["launch", AGENT, "--mode", "url"], 1, "does not answer"),
@@ -160,7 +169,7 @@ def test_url_mode_and_no_wait(env: Env, run_cli: Any) -> None:
 
 def test_push_attaches_to_a_run_started_elsewhere(env: Env, run_cli: Any) -> None:
     started = httpx.post(f"{env.sim.base}/v1/run/agents", headers={"x-api-key": API_KEY},
-                         json={"agent_id": AGENT, "totp_identifier": IDENTIFIER}).json()
+                         json={"agent_id": AGENT, "parameters": {"totp_identifier": IDENTIFIER}}).json()
     result = run_cli("push", started["run_id"], "--identifier", IDENTIFIER, "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out)["status"] == "completed"
@@ -180,6 +189,7 @@ def test_faults_survived_from_the_command_line(env: Env, run_cli: Any) -> None:
 
 def test_failed_run_exits_3(env: Env, run_cli: Any) -> None:
     env.sim.state.add_secret(OTHER_SECRET, period=PERIOD, agent_id="wpid_other_site")
+    env.sim.state.define_agent(login_agent(), "wpid_other_site")
     result = run_cli("launch", "wpid_other_site", "--identifier", IDENTIFIER, "--mode", "push")
     assert result.code == 3
     assert "failed" in result.out and "wrong or expired" in result.out

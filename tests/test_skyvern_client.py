@@ -53,7 +53,7 @@ def test_run_get_cancel(client: SkyvernClient, sim: tuple[str, SimulatorState]) 
     client.cancel_run(run["run_id"])
     assert client.get_run(run["run_id"])["status"] == "canceled" in FINAL_STATUSES
     task = client.run_task({"prompt": "log in", "url": "https://example.com"})
-    assert task["run_id"].startswith("tsk_v2_")
+    assert task["run_id"].startswith("tsk_") and task["run_type"] == "task_v1"  # engine skyvern-1.0
     assert "x-max-steps-override" not in state.requests("/v1/run/tasks")[0]["headers"]
 
 

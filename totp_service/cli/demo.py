@@ -27,6 +27,17 @@ from totp_service.store.open import init_store, open_store
 
 IDENTIFIER = "demo@example.com"
 AGENT_ID = "wpid_demo_login"
+# A saved agent as people build them in Skyvern's editor: the login block's TOTP fields read parameters.
+# Skyvern reads codes from these block fields only, so the launcher fills the parameters they name.
+DEMO_AGENT = {"title": "demo: sign in", "workflow_definition": {
+    "parameters": [
+        {"key": "login_id", "parameter_type": "workflow", "workflow_parameter_type": "string"},
+        {"key": "otp_url", "parameter_type": "workflow", "workflow_parameter_type": "string", "default_value": ""},
+    ],
+    "blocks": [{"block_type": "login", "label": "sign_in", "url": "https://example.com/login",
+                "navigation_goal": "Sign in as {{ login_id }}", "totp_identifier": "{{ login_id }}",
+                "totp_verification_url": "{{ otp_url }}"}],
+}}
 PERIOD = 5  # short windows: the push half (single use) waits at most one for a fresh code; real secrets have 30 s
 SIMULATOR_TIMINGS = dict(poll_interval=0.5, first_poll_delay=0.3, queue_delay=0.5, typing_delay=0.5)
 
@@ -94,12 +105,16 @@ def run_demo(out: TextIO = sys.stdout, timeout: float = 50.0) -> int:
                 simulator = create_simulator_app([api_key], code_wait_timeout=timeout, **SIMULATOR_TIMINGS)
                 sim_state = simulator.state.simulator
                 sim_state.add_secret(base64.b32encode(raw_secret).decode("ascii"), period=PERIOD, agent_id=AGENT_ID)
+                sim_state.define_agent(DEMO_AGENT, AGENT_ID)
                 service = create_app(settings, store)
                 with running_server(simulator) as sim_base, running_server(service, port=port) as service_base:
                     settings.skyvern.base_url = sim_base
                     print(f"  service  {service_base}  (answers Skyvern's signed POST /totp/<identifier>)", file=out)
                     print(f"  Skyvern  {sim_base}  (simulator: its login page checks every code it types)", file=out)
                     print(f"  secret   {IDENTIFIER}: random, 6 digits, {PERIOD} s windows (never shown)", file=out)
+                    print(f"  agent    {AGENT_ID}: login block 'sign_in' reads totp_identifier {{{{ login_id }}}} and "
+                          "totp_verification_url {{ otp_url }}; Skyvern ignores a run-level totp_url/identifier, "
+                          "so the launcher fills those parameters", file=out)
                     results = []
                     for number, mode in enumerate(("url", "push"), start=1):
                         if mode == "url":

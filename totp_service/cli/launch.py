@@ -236,9 +236,14 @@ def _finish(outcome: launcher.RunOutcome, printer: StatusPrinter, as_json: bool)
 def _run_launch(args: argparse.Namespace, settings: Settings, kind: str, interrupts: _Interrupts) -> int:
     printer = StatusPrinter(sys.stderr)
 
+    created = False
+
     def on_event(event: launcher.LaunchEvent) -> None:
+        nonlocal created
         printer(event)
-        if event.kind != "created":  # inside the follower, which cancels the run on an interrupt
+        if event.kind == "created":
+            created = True
+        elif created:  # inside the follower, which cancels the run on an interrupt
             interrupts.release()
 
     interrupts.hold()
