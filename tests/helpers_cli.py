@@ -39,23 +39,21 @@ def command_env(data_dir: Path | None, home: Path, **extra: str) -> dict[str, st
     return env
 
 
+# As another user: Python starts as root (its own files may sit in root's home), loads the
+# command's modules, then becomes `uid` before the command runs.
+_AS_USER = ("import os, runpy, sys; uid = int(sys.argv.pop(1)); "
+            "import totp_service.cli.main, totp_service.cli.serve, totp_service.cli.launch; "
+            "os.setgroups([]); os.setgid(uid); os.setuid(uid); "
+            "runpy.run_module('totp_service', run_name='__main__', alter_sys=True)")
+
+
 def run_command(env: dict[str, str], *args: str, stdin: str = "", user: int | None = None,
                 python_args: tuple[str, ...] = ("-m", "totp_service")) -> Result:
-    ids = {} if user is None else {"user": user, "group": user}
+    if user is not None:
+        python_args = ("-c", _AS_USER, str(user))
     done = subprocess.run([sys.executable, *python_args, *args], env=env, input=stdin, capture_output=True,
-                          text=True, timeout=60, cwd=env["HOME"], **ids)
+                          text=True, timeout=60, cwd=env["HOME"])
     return Result(done.returncode, done.stdout, done.stderr)
-
-
-def another_user_can_run_python() -> bool:
-    """Root hands folders to `nobody`; that works only where `nobody` may run this Python."""
-    if os.geteuid() != 0:
-        return False
-    try:
-        return subprocess.run([sys.executable, "-c", "import totp_service"], env={"PYTHONPATH": str(REPO)},
-                              user=NOBODY, group=NOBODY, cwd="/", capture_output=True, timeout=30).returncode == 0
-    except OSError:
-        return False
 
 
 class Terminal:

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers_cli import B32, NOBODY, Result, another_user_can_run_python, command_env, run_command
+from helpers_cli import B32, NOBODY, Result, command_env, run_command
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand files to another user")
-as_nobody = pytest.mark.skipif(not another_user_can_run_python(),
-                               reason="needs root, and a Python that user nobody may run")
 
 
 @pytest.fixture
@@ -122,7 +120,7 @@ def _give(path: Path) -> None:
     os.chown(path, NOBODY, NOBODY)
 
 
-@as_nobody
+@as_root
 def test_init_in_a_read_only_or_uncreatable_folder_is_one_line(shared_tmp: Path) -> None:
     read_only = shared_tmp / "ro"
     read_only.mkdir(mode=0o500)
@@ -133,7 +131,7 @@ def test_init_in_a_read_only_or_uncreatable_folder_is_one_line(shared_tmp: Path)
         f"cannot create data directory {read_only / 'data'}: permission denied")
 
 
-@as_nobody
+@as_root
 def test_container_bind_mount_not_owned_by_the_image_user(shared_tmp: Path) -> None:
     """`docker run -v $PWD/data:/data` with the host folder root's (or a login user's), image user 10001."""
     for owner, hint in ((0, f"chown {NOBODY}:{NOBODY}"), (1000, "docker run --user 1000:1000")):

@@ -66,7 +66,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
     new_path = Path(args.new_key_file).expanduser()
     with open_store(settings) as store:
-        if new_path.exists():
+        if os.path.lexists(new_path):  # a link is refused, not followed or replaced
             new_key = crypto.load_key_file(new_path)
         else:
             new_key = crypto.create_key_file(new_path)

@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 
 MAX_KEY_FILE_BYTES = 4096
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 
 
 class UnsafeFileError(Exception):
@@ -40,23 +41,19 @@ def check_trusted(what: str, path: Path, st: os.stat_result) -> None:
     """Refuse what the running user does not own or what others may write."""
     if st.st_uid != os.geteuid():
         raise UnsafeFileError(_ownership_fix(what, path, st))
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if st.st_mode & _WRITABLE_BY_OTHERS:
         raise UnsafeFileError(f"{what} {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}): "
                               f"chmod go-w {path}")
 
 
-def readable_by_others(st: os.stat_result) -> bool:
-    return bool(st.st_mode & (stat.S_IRGRP | stat.S_IROTH))
-
-
-def readable_by_others_at(path: Path) -> bool:
+def readable_by_others(path: Path) -> bool:
     """Only for a file we would use: links, foreign and writable files are refused, not announced."""
     try:
         st = os.lstat(path)
     except OSError:
         return False
-    trusted = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    return trusted and readable_by_others(st)
+    trusted = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & _WRITABLE_BY_OTHERS
+    return trusted and bool(st.st_mode & (stat.S_IRGRP | stat.S_IROTH))
 
 
 def unsafe_readable_line(what: str, path: Path) -> str:
@@ -110,8 +107,8 @@ def make_data_dir(path: Path) -> None:
     check_data_dir(path)
 
 
-def read_key_file(path: Path) -> tuple[str, bool]:
-    """The key file's text, never through a symbolic link; and whether others may read it."""
+def read_key_file(path: Path) -> str:
+    """The key file's text, never through a symbolic link (O_NOFOLLOW), checked on the open file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -134,20 +131,19 @@ def read_key_file(path: Path) -> tuple[str, bool]:
     if len(data) > MAX_KEY_FILE_BYTES:
         raise UnsafeFileError(f"key file {path} is too large to be a key file")
     try:
-        return data.decode("ascii"), readable_by_others(st)
+        return data.decode("ascii")
     except UnicodeDecodeError:
         raise UnsafeFileError(f"key file {path} is not a base64 key (not ASCII text)") from None
 
 
-def check_database(path: Path) -> bool | None:
-    """None when there is no database file; else whether others may read it (refuses a foreign one)."""
+def check_database(path: Path) -> None:
+    """Refuse a database file (when there is one) that is not ours or that others may write."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return None
+        return
     except OSError as exc:
         raise UnsafeFileError(f"database {path} cannot be used ({os_reason(exc)})") from None
     if not stat.S_ISREG(st.st_mode):
         raise UnsafeFileError(f"database {path} is not a regular file")
     check_trusted("database", path, st)
-    return readable_by_others(st)

@@ -55,12 +55,10 @@ def _missing_key_file(settings: Settings) -> StoreError:
 
 
 def _read_key_file(settings: Settings) -> crypto.MasterKey:
-    path = settings.key_file_path
     try:
-        text, _ = files.read_key_file(path)
+        return crypto.load_key_file(settings.key_file_path)
     except files.KeyFileMissing:
         raise _missing_key_file(settings) from None
-    return crypto.MasterKey.from_base64(text, source=f"key file {path}")
 
 
 def load_master_key(settings: Settings) -> crypto.MasterKey:
@@ -91,7 +89,7 @@ def unsafe_file_lines(settings: Settings) -> list[str]:
     candidates = [("database", settings.database_path)]
     if _uses_key_file(settings):
         candidates.insert(0, ("key file", settings.key_file_path))
-    return [files.unsafe_readable_line(what, path) for what, path in candidates if files.readable_by_others_at(path)]
+    return [files.unsafe_readable_line(what, path) for what, path in candidates if files.readable_by_others(path)]
 
 
 def check_store_files(settings: Settings) -> None:
