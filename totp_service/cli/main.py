@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from totp_service import imports, otp
+from totp_service.cli.paste import PasteError, read_pasted_line
 from totp_service.config import ConfigError, Settings, load_settings
 from totp_service.identifiers import (
     InvalidIdentifier,
@@ -25,7 +26,6 @@ from totp_service.identifiers import (
     normalize_identifier,
 )
 from totp_service.imports.qr import QrError, read_qr_text
-from totp_service.cli.paste import PasteError, read_pasted_line
 from totp_service.store import SecretMeta, StoreError, crypto
 from totp_service.store.files import UnsafeFileError
 from totp_service.store.open import init_store, open_store, unsafe_file_lines
