@@ -19,10 +19,10 @@ from typing import Any
 
 from totp_service import imports, otp
 from totp_service.cli.paste import PasteError, read_pasted_line
+from totp_service.cli.secret_import import ImportRefused, register_import
 from totp_service.config import ConfigError, Settings, load_settings
 from totp_service.identifiers import (
     InvalidIdentifier,
-    check_identifier,
     normalize_identifier,
 )
 from totp_service.imports.qr import QrError, read_qr_text
@@ -140,57 +140,6 @@ def cmd_secret_add(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _read_import_lines(source: str) -> list[str]:
-    if source == "-":
-        return sys.stdin.read().splitlines()
-    try:
-        return Path(source).read_text("utf-8").splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read {source}: {exc.strerror or exc.__class__.__name__}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{source} is not UTF-8 text") from None
-
-
-def _parse_mapping(pairs: Sequence[str]) -> dict[str, str]:
-    mapping = {}
-    for pair in pairs:
-        account, sep, identifier = pair.partition("=")
-        if not sep or not account or not identifier:
-            raise UsageError(f"--map takes ACCOUNT=IDENTIFIER (got {pair!r})")
-        mapping[account] = identifier
-    return mapping
-
-
-def cmd_secret_import(args: argparse.Namespace, settings: Settings) -> int:
-    mapping = _parse_mapping(args.map or [])
-    items: list[tuple[str, otp.TotpSpec]] = []
-    for number, line in enumerate(_read_import_lines(args.file), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            specs = imports.parse_line(line)
-        except otp.OtpFormatError as exc:
-            raise UsageError(f"line {number}: {exc}; nothing was imported") from None
-        for spec in specs:
-            account = spec.account or ""
-            identifier = mapping.get(account, account)
-            if not identifier:
-                raise UsageError(f"line {number}: an account has no name; give --map; nothing was imported")
-            try:
-                items.append((check_identifier(identifier), spec))
-            except InvalidIdentifier as exc:
-                raise UsageError(f"line {number}: {exc}; nothing was imported") from None
-    if not items:
-        raise UsageError("no secrets found in the input")
-    with open_store(settings) as store:
-        try:
-            count = store.put_many(items, allowed_agents=args.allow_agent or (), replace=args.replace)
-        except StoreError as exc:
-            raise UsageError(f"{exc}; nothing was imported") from None
-    print(f"imported {count} secret(s)")
-    return 0
-
-
 def cmd_secret_list(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
         metas = store.list_meta()
@@ -280,12 +229,7 @@ def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--json", action="store_true")
     add.set_defaults(handler=cmd_secret_add)
 
-    imp = ssub.add_parser("import", help="import a file of otpauth / otpauth-migration URIs (all or nothing)")
-    imp.add_argument("file", help="path, or - for standard input")
-    imp.add_argument("--map", action="append", metavar="ACCOUNT=IDENTIFIER", help="store ACCOUNT under IDENTIFIER")
-    imp.add_argument("--allow-agent", action="append", metavar="WPID")
-    imp.add_argument("--replace", action="store_true")
-    imp.set_defaults(handler=cmd_secret_import)
+    register_import(ssub)
 
     lst = ssub.add_parser("list", help="list identifiers and metadata (never secrets)")
     lst.add_argument("--json", action="store_true")
@@ -364,8 +308,8 @@ def _extension_registrars() -> list[Callable[[argparse._SubParsersAction], None]
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [
-        UsageError, ConfigError, StoreError, InvalidIdentifier, crypto.CryptoError, otp.OtpFormatError, QrError,
-        UnsafeFileError,
+        UsageError, ImportRefused, ConfigError, StoreError, InvalidIdentifier, crypto.CryptoError, otp.OtpFormatError,
+        QrError, UnsafeFileError,
     ]
     try:
         from totp_service.launcher.client import SkyvernError
