@@ -4,15 +4,20 @@ nothing else), against the simulator's saved agents, with codes strictly checked
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from helpers_launch import (
     API_KEY,
     IDENTIFIER,
     PERIOD,
+    REPO,
     SECRET,
     Env,
     Sim,
@@ -21,12 +26,14 @@ from helpers_launch import (
     make_env,
     service,
     simulator,
+    wait_until,
 )
 
 from totp_service import inspect_agent, launch_agent, totp_url
 from totp_service.launcher.agents import AgentUnreadable, WiringRefused
 from totp_service.launcher.client import SkyvernClient
 from totp_service.launcher.pusher import Pusher, WindowCode
+from totp_service.service.servers import free_port
 
 P = agent_parameter
 AGENTS: dict[str, dict[str, Any]] = {
@@ -203,3 +210,32 @@ def test_pusher_states_the_standalone_task_limit(run_id: str, run_type: str, sta
     assert len(events) == 1 and events[0].kind == "skipped"
     assert ("standalone task run take a code pushed for another run" in events[0].message) is standalone
     assert pusher.pushes == 0
+
+
+def test_simulator_command_serves_saved_agents(tmp_path: Path) -> None:
+    agent_file = tmp_path / "agent.json"
+    agent_file.write_text(json.dumps({"workflow_permanent_id": "wpid_try", **AGENTS["wpid_ident"]}), "utf-8")
+    (tmp_path / "secret.txt").write_text(SECRET + "\n", "utf-8")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOTP_SERVICE_", "SKYVERN_"))}
+    env.update({"SKYVERN_API_KEY": API_KEY, "PYTHONPATH": str(REPO), "TOTP_SERVICE_DATA_DIR": str(tmp_path / "d")})
+    proc = subprocess.Popen([sys.executable, "-m", "totp_service", "simulator", "--port", str(port), "--agent",
+                             str(agent_file), "--secret-file", str(tmp_path / "secret.txt")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert f"Skyvern simulator on http://127.0.0.1:{port} (API key: from SKYVERN_API_KEY)" in first
+        assert "agent wpid_try" in proc.stdout.readline()
+
+        def read() -> httpx.Response | None:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/v1/workflows/wpid_try", headers={"x-api-key": API_KEY})
+            except httpx.TransportError:
+                return None
+
+        answer = wait_until(read, what="the simulator to answer")
+        assert answer.json()["workflow_definition"]["blocks"][0]["totp_identifier"] == "{{ login_id }}"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)

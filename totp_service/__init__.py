@@ -6,12 +6,13 @@ The launcher's Python API, for programs that start or follow Skyvern runs themse
 
     settings = load_settings()                       # YAML + environment, as the CLI reads them
     outcome = launch_agent(settings, "wpid_123", "alice@example.com", mode="push",
-                           request={"parameters": {"plan": "pro"}}, totp_param="totp_identifier")
+                           request={"parameters": {"plan": "pro"}})
     outcome.status, outcome.exit_code, outcome.run     # "completed", 0, Skyvern's run JSON
 
-- `launch_agent(settings, agent_id, identifier, *, mode, request, totp_param, max_steps, wait,
-  on_event, stop)` / `launch_task(settings, prompt, identifier, *, url, ...)`: start a run and follow
-  it to its end (pushing codes in push mode). Ctrl-C cancels the run and is re-raised;
+- `launch_agent(settings, agent_id, identifier, *, mode, request, totp_param, inspect, max_steps,
+  wait, on_event, stop)` / `launch_task(settings, prompt, identifier, *, url, ...)`: start a run and
+  follow it to its end (pushing codes in push mode); a saved agent's blocks are read first and the
+  parameters their TOTP fields name are filled (`outcome.wiring`). Ctrl-C cancels the run and is re-raised;
   `stop.set()` (a `threading.Event`) cancels it and returns with `outcome.interrupted`.
 - `attach_pusher(settings, run_id, identifier, ...)`: push codes to a run another client started.
 - `inspect_agent(settings, agent_id, identifier, *, mode, parameters)`: the wiring `launch_agent`
@@ -42,6 +43,7 @@ _EXPORTS = {
     "EXIT_CODES": "totp_service.launcher.runs",
     "LaunchError": "totp_service.launcher.request",
     "RequestError": "totp_service.launcher.request",
+    "WiringRefused": "totp_service.launcher.agents",
     "SkyvernClient": "totp_service.launcher.client",
     "SkyvernError": "totp_service.launcher.client",
     "load_settings": "totp_service.config",

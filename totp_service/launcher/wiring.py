@@ -39,7 +39,7 @@ _PLAIN_TEMPLATE = re.compile(
 )
 _TEMPLATE_MARK = re.compile(r"\{\{|\{%|\{#")
 _EDITOR_HINT: Final = (
-    "In Skyvern's editor, open the block that signs in and set its {field} to {{{{ {param} }}}}, add a "
+    "in Skyvern's editor, open the block that signs in and set its {field} to {{{{ {param} }}}}, add a "
     "string parameter {param} to the agent, then launch again (or pass --no-inspect to start it anyway)"
 )
 
@@ -395,7 +395,7 @@ class _Planner:
             logins = [b.where for b in self.agent.blocks]
             which = f" ({', '.join(logins)} has none)" if logins else ""
             raise NoTotpBlock(f"agent {self.agent.agent_id}: no block has a {IDENTIFIER_FIELD} or "
-                              f"{URL_FIELD}{which}, so no block will ever ask for a code. {_hint(self.mode)}")
+                              f"{URL_FIELD}{which}, so no block will ever ask for a code: {_hint(self.mode)}")
         wired = [block for block in asking if self.wire(block, name)]
         if not wired:
             other = "pulls from a URL and never reads pushed codes" if self.mode == "push" else \
