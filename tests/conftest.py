@@ -13,7 +13,7 @@ from totp_service.cli import main as cli_main
 
 _ENV_NAMES = (
     "TOTP_SERVICE_CONFIG", "TOTP_SERVICE_DATA_DIR", "TOTP_SERVICE_MASTER_KEY", "TOTP_SERVICE_PASSPHRASE",
-    "TOTP_SERVICE_ADMIN_TOKEN", "TOTP_SERVICE_READER_TOKEN", "TOTP_SERVICE_PUBLIC_URL",
+    "TOTP_SERVICE_ADMIN_TOKEN", "TOTP_SERVICE_READER_TOKEN", "TOTP_SERVICE_PUBLIC_URL", "TOTP_SERVICE_DATABASE_URL",
     "SKYVERN_API_KEY", "SKYVERN_BASE_URL",
 )
 
@@ -61,3 +61,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch)
         yield run
     finally:
         os.umask(old_umask)
+
+
+from tests.pg_cluster import pg_cluster, pg_url  # noqa: E402,F401  (fixtures: a private PostgreSQL)

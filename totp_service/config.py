@@ -28,6 +28,7 @@ ENV_PUBLIC_URL = "TOTP_SERVICE_PUBLIC_URL"
 ENV_SKYVERN_API_KEY = "SKYVERN_API_KEY"
 ENV_SKYVERN_BASE_URL = "SKYVERN_BASE_URL"
 ENV_FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"
+ENV_DATABASE_URL = "TOTP_SERVICE_DATABASE_URL"
 
 DATABASE_NAME = "totp.db"
 KEY_FILE_NAME = "master.key"
@@ -119,6 +120,14 @@ class LauncherSettings:
 
 
 @dataclass
+class StoreSettings:
+    """Where the store lives: unset is the SQLite file in the data directory; a postgresql:// URL
+    (libpq's: sslmode and every other option pass through) puts it on a PostgreSQL server."""
+
+    url: str | None = field(default=None, repr=False)  # may carry a password
+
+
+@dataclass
 class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     key_file: Path | None = None
@@ -132,6 +141,7 @@ class Settings:
     bindings: BindingSettings = field(default_factory=BindingSettings)
     launcher: LauncherSettings = field(default_factory=LauncherSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     source: str = "defaults"
 
     @property
@@ -219,6 +229,9 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"launcher.mode must be url or push (got {settings.launcher.mode!r})")
     if settings.launcher.code_source not in ("local", "remote"):
         raise ConfigError("launcher.code_source must be local or remote")
+    url = settings.store.url
+    if url is not None and url.split(":", 1)[0] not in ("postgresql", "postgres"):
+        raise ConfigError("store.url must be a postgresql:// URL (leave it unset for the SQLite file in the data directory)")
     if settings.codes.min_validity_seconds < 0 or settings.codes.max_hold_seconds < 0:
         raise ConfigError("codes.min_validity_seconds and codes.max_hold_seconds must not be negative")
     if settings.codes.max_hold_seconds >= 30:
@@ -287,6 +300,8 @@ def load_settings(
 def _apply_environment(settings: Settings, env: Mapping[str, str]) -> None:
     if env.get(ENV_DATA_DIR):
         settings.data_dir = Path(env[ENV_DATA_DIR]).expanduser()
+    if env.get(ENV_DATABASE_URL):
+        settings.store.url = env[ENV_DATABASE_URL]
     if env.get(ENV_MASTER_KEY):
         settings.master_key = env[ENV_MASTER_KEY]
     if env.get(ENV_PASSPHRASE):

@@ -295,7 +295,7 @@ def _extension_registrars() -> list[Callable[[argparse._SubParsersAction], None]
     """Commands that live in their own modules (service, launcher), when present."""
     registrars = []
     for module_name in ("totp_service.cli.serve", "totp_service.cli.launch", "totp_service.cli.agent",
-                        "totp_service.cli.simulator"):
+                        "totp_service.cli.simulator", "totp_service.cli.store"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -29,7 +29,7 @@ from totp_service.service.app import create_app
 from totp_service.service.pull_protocol import PullProtocol
 from totp_service.service.tls import check_tls_files, readable_by_others
 from totp_service.store import AuditEntry
-from totp_service.store.open import load_master_key, open_store, unsafe_file_lines
+from totp_service.store.open import load_master_key, open_store, store_location, unsafe_file_lines
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -54,7 +54,7 @@ def startup_line(settings: Settings, identifiers: int) -> str:
     parts = [
         f"totp-service: listening on {scheme}://{server.host}:{server.port}",
         f"totp_url {settings.server.effective_public_url}/totp/<identifier>",
-        f"{identifiers} identifier(s)",
+        f"{identifiers} identifier(s) in {store_location(settings)}",
         f"{keys} Skyvern key(s)",
         f"workers {max(1, server.workers)}",
     ]

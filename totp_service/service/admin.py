@@ -37,6 +37,7 @@ from totp_service.store import (
     InvalidIdentifier,
     SecretExists,
     SecretNotFound,
+    StoreUnavailable,
 )
 
 Handler = Callable[[Request, ServiceState], Awaitable[Response]]
@@ -76,6 +77,8 @@ def _store_errors(identifier: str | None = None) -> Iterator[None]:
         raise NotFound(str(exc)) from None
     except SecretExists:
         raise Conflict(f'a secret for {identifier!r} already exists (send "replace": true)') from None
+    except StoreUnavailable:
+        raise  # 503, from the endpoint wrapper
     except (otp.OtpFormatError, *STORE_INPUT_ERRORS) as exc:
         raise BadRequest(str(exc)) from None
 

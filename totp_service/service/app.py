@@ -42,7 +42,7 @@ from totp_service.service.http import (
 from totp_service.service.openapi import openapi_document
 from totp_service.service.pull import ServerFault, handle_pull, is_pull
 from totp_service.service.state import ServiceState
-from totp_service.store import Store
+from totp_service.store import Store, StoreUnavailable
 from totp_service.store.open import open_store
 
 Handler = Callable[[Request, ServiceState], Awaitable[Response]]
@@ -60,6 +60,9 @@ def endpoint(route: str, fn: Handler) -> Callable[[Request], Awaitable[Response]
             response = error_response(exc)
         except AuditUnavailable as exc:
             state.metrics.refused("audit_unavailable")
+            response = error_response(Unavailable(str(exc)))
+        except StoreUnavailable as exc:
+            state.metrics.refused("store_unavailable")
             response = error_response(Unavailable(str(exc)))
         state.metrics.request(route, response.status_code)
         return response

@@ -33,7 +33,7 @@ from totp_service.service.pull_rules import (
     resolve_identifier,
 )
 from totp_service.service.state import ServiceState
-from totp_service.store import SecretNotFound
+from totp_service.store import SecretNotFound, StoreUnavailable
 from totp_service.store.crypto import CryptoError
 
 WINDOW_MARGIN_SECONDS = 0.002  # wake just after a window opens, never just before
@@ -157,6 +157,9 @@ async def answer(state: ServiceState, trail: Trail, raw: bytes, signature: bytes
             return exc.status, _error_body(exc.reason, exc.message), None
     except AuditUnavailable as exc:
         state.metrics.refused("audit_unavailable")
+        return Unavailable.status, _error_body(Unavailable.reason, str(exc)), None
+    except StoreUnavailable as exc:  # a database server gone: no code, and no audit row can be written
+        state.metrics.refused("store_unavailable")
         return Unavailable.status, _error_body(Unavailable.reason, str(exc)), None
 
 

@@ -59,7 +59,7 @@ class ServiceState:
         self.store = store
         self.owns_store = owns_store
         self.metrics = Metrics()
-        self.audit = AuditWriter(store.write_audit)
+        self.audit = AuditWriter(store.write_audit, in_thread=store.slow_commits)
         self.signatures = signing.SignatureVerifier(settings.skyvern.signing_keys)
         self.refusals = RefusalGuard(settings.server.refusal_limit, settings.server.refusal_window_seconds)
         # server.trusted_proxies (env FORWARDED_ALLOW_IPS, uvicorn's; default 127.0.0.1): see forwarded_client

@@ -20,10 +20,11 @@ from totp_service.store.base import (
     StoreBusy,
     StoreError,
     StoreMissing,
+    StoreUnavailable,
 )
 
 __all__ = [
     "CLAIM_PRUNE_INTERVAL_SECONDS", "CLAIM_RETENTION_SECONDS", "STORE_INPUT_ERRORS", "AuditEntry", "Binding",
     "Claim", "InvalidIdentifier", "SchemaTooNew", "SecretExists", "SecretMeta", "SecretNotFound", "Store",
-    "StoreBusy", "StoreError", "StoreMissing",
+    "StoreBusy", "StoreError", "StoreMissing", "StoreUnavailable",
 ]

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from totp_service import otp
-from totp_service.identifiers import InvalidIdentifier
+from totp_service.identifiers import InvalidIdentifier, check_agent_id, check_identifier
 from totp_service.store import crypto
 
 CLAIM_RETENTION_SECONDS = 86400.0  # single-use claims older than this are pruned (their windows closed long ago)
@@ -25,6 +25,18 @@ CLAIM_PRUNE_INTERVAL_SECONDS = 3600.0  # how often a serving process prunes them
 
 # A single-use claim: (identifier, window counter). Taken at most once, ever, per store.
 Claim = tuple[str, int]
+
+# What `store copy` moves, table by table, as stored (secrets stay sealed: the key never moves),
+# and the order rows are read in (the audit trail in the order it was written).
+COPY_TABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "secrets": (("identifier", "key_id", "sealed", "algorithm", "digits", "period", "issuer", "account",
+                 "allowed_agents", "min_validity_seconds", "created_at", "updated_at"), "identifier"),
+    "bindings": (("kind", "ref", "identifier", "expires_at", "created_at"), "kind, ref"),
+    "served": (("identifier", "counter", "at"), "identifier, counter"),
+    "audit": (("at", "identifier", "task_id", "workflow_run_id", "workflow_permanent_id", "client", "route",
+               "outcome", "detail", "count"), "id"),
+}
+Rows = dict[str, list[tuple[Any, ...]]]
 
 
 class StoreError(Exception):
@@ -37,6 +49,10 @@ class StoreMissing(StoreError):
 
 class StoreBusy(StoreError):
     """The backend could not take the write now (locked, busy); trying later may work."""
+
+
+class StoreUnavailable(StoreBusy):
+    """The database cannot be reached now (a server backend); the service answers 503 until it is back."""
 
 
 class SchemaTooNew(StoreError):
@@ -87,6 +103,17 @@ class Binding:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def new_binding(kind: str, ref: str, identifier: str, expires_at: float | None = None) -> Binding:
+    """A binding checked the same way by every backend (identifier normalised, created now)."""
+    if kind not in ("run", "agent"):
+        raise StoreError("a binding's kind is 'run' or 'agent'")
+    if kind == "agent":
+        check_agent_id(ref)
+    elif not ref.strip():
+        raise InvalidIdentifier("the run id is empty")
+    return Binding(kind, ref, check_identifier(identifier), expires_at, time.time())
 
 
 @dataclass(frozen=True)
@@ -146,6 +173,8 @@ class Store(ABC):
     Implementations are safe to share between threads. Every method that writes does so in one
     transaction: all of it, or nothing.
     """
+
+    slow_commits = False  # True when a commit is a network round trip: audit writes then leave the event loop
 
     @property
     @abstractmethod
@@ -270,6 +299,16 @@ class Store(ABC):
 
     @abstractmethod
     def is_claimed(self, identifier: str, counter: int) -> bool: ...
+
+    # --- moving between backends -------------------------------------------------------------
+
+    @abstractmethod
+    def dump_rows(self) -> Rows:
+        """Every row of COPY_TABLES as stored, read in one consistent snapshot."""
+
+    @abstractmethod
+    def load_rows(self, rows: Rows) -> None:
+        """Write `rows` (from dump_rows, any backend) in one transaction; StoreError if this store holds any."""
 
     @abstractmethod
     def prune_claims(self, before: float) -> int:

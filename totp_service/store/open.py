@@ -1,7 +1,10 @@
 """From `Settings` to an opened `Store`: which backend, where the master key comes from, and `init`.
 
-Key sources, first match wins: TOTP_SERVICE_MASTER_KEY, TOTP_SERVICE_PASSPHRASE (scrypt, salt
-kept in the store), the key file in the data directory. The data directory, the key file and the
+Backend: `store.url` (env TOTP_SERVICE_DATABASE_URL) set means PostgreSQL (store/postgres.py,
+imported only then: without the `postgres` extra nothing imports psycopg); unset means the SQLite
+file in the data directory. Key sources, first match wins: TOTP_SERVICE_MASTER_KEY,
+TOTP_SERVICE_PASSPHRASE (scrypt, salt kept in the store), the key file in the data directory; the
+master key always stays with the process, never in a database. The data directory, the key file and the
 database must be the running user's and writable by nobody else (files.py); when one cannot be
 used, or the key does not fit, the message says which source was used and what to do.
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from totp_service.config import Settings
 from totp_service.store import crypto, files
@@ -27,7 +32,7 @@ class InitResult:
     created_key_file: bool
     key_source: str
     data_dir: Path
-    database: Path
+    database: str  # the SQLite file, or the PostgreSQL URL without its password
 
 
 def key_source(settings: Settings) -> str:
@@ -38,16 +43,69 @@ def key_source(settings: Settings) -> str:
     return f"key file {settings.key_file_path}"
 
 
+def _postgres() -> ModuleType:
+    try:
+        from totp_service.store import postgres
+    except ImportError:
+        raise StoreError("store.url names PostgreSQL, but its driver is not installed: "
+                         "pip install 'totp-service[postgres]'") from None
+    return postgres
+
+
+def _is_url(location: str) -> bool:
+    return location.split(":", 1)[0] in ("postgresql", "postgres")
+
+
+def configured_location(settings: Settings) -> str:
+    """The store's location: a postgresql:// URL (store.url), else the SQLite file in the data dir."""
+    return settings.store.url or str(settings.database_path)
+
+
+def describe(location: str) -> str:
+    """A location for messages (a URL loses its password)."""
+    return _postgres().redact(location) if _is_url(location) else location
+
+
+def store_location(settings: Settings) -> str:
+    return describe(configured_location(settings))
+
+
+def read_salt(location: str) -> bytes | None:
+    """The passphrase salt kept in the store at `location` (readable without a key)."""
+    if _is_url(location):
+        return _postgres().read_meta_value(location, SALT_META)
+    return read_meta_value(Path(location), SALT_META)
+
+
+def store_exists(location: str) -> bool:
+    if _is_url(location):
+        try:
+            _postgres().read_meta_value(location, "check")
+        except StoreMissing:
+            return False
+        return True
+    path = Path(location)
+    return path.exists() and path.stat().st_size > 0
+
+
+def open_location(location: str, key: crypto.MasterKey, **options: Any) -> Store:
+    """Open (or with create=True, meta=..., create) the store at a URL or SQLite path."""
+    if _is_url(location):
+        return _postgres().PostgresStore(location, key, **options)
+    return SqliteStore(Path(location), key, **options)
+
+
 def _uses_key_file(settings: Settings) -> bool:
     return not settings.master_key and not settings.passphrase
 
 
 def _missing_key_file(settings: Settings) -> StoreError:
     """Why there is no key: a fresh machine, a passphrase store, or a key file lost."""
-    database, key_file = settings.database_path, settings.key_file_path
-    if not database.exists() or database.stat().st_size == 0:
+    location, key_file = configured_location(settings), settings.key_file_path
+    database = describe(location)
+    if not store_exists(location):
         return StoreMissing(f"no store at {database} and no key file {key_file} (run `totp-service init`)")
-    if read_meta_value(database, SALT_META) is not None:
+    if read_salt(location) is not None:
         return StoreError(f"the store {database} is protected by a passphrase (its salt is in the store): "
                           "set TOTP_SERVICE_PASSPHRASE")
     return StoreError(f"key file {key_file} is missing but the store {database} exists: restore it from your "
@@ -61,11 +119,13 @@ def _read_key_file(settings: Settings) -> crypto.MasterKey:
         raise _missing_key_file(settings) from None
 
 
-def load_master_key(settings: Settings) -> crypto.MasterKey:
+def load_master_key(settings: Settings, salt_from: str | None = None) -> crypto.MasterKey:
+    """The configured master key; a passphrase is stretched with the salt of the store at
+    `salt_from` (default: the configured store)."""
     if settings.master_key:
         return crypto.MasterKey.from_base64(settings.master_key, source="TOTP_SERVICE_MASTER_KEY")
     if settings.passphrase:
-        salt = read_meta_value(settings.database_path, SALT_META)
+        salt = read_salt(salt_from or configured_location(settings))
         if salt is None:
             raise StoreError("this store was not created with a passphrase (no salt in it)")
         return crypto.MasterKey.from_passphrase(settings.passphrase, salt)
@@ -73,7 +133,7 @@ def load_master_key(settings: Settings) -> crypto.MasterKey:
 
 
 def _wrong_key(settings: Settings) -> crypto.WrongMasterKey:
-    database = settings.database_path
+    database = store_location(settings)
     if settings.master_key:
         overridden = (f"; it overrides the key file {settings.key_file_path} (unset it to use that file)"
                       if os.path.lexists(settings.key_file_path) else "")
@@ -86,7 +146,7 @@ def _wrong_key(settings: Settings) -> crypto.WrongMasterKey:
 
 def unsafe_file_lines(settings: Settings) -> list[str]:
     """One UNSAFE line for each key file or database that other users may read."""
-    candidates = [("database", settings.database_path)]
+    candidates = [] if settings.store.url else [("database", settings.database_path)]
     if _uses_key_file(settings):
         candidates.insert(0, ("key file", settings.key_file_path))
     return [files.unsafe_readable_line(what, path) for what, path in candidates if files.readable_by_others(path)]
@@ -95,7 +155,8 @@ def unsafe_file_lines(settings: Settings) -> list[str]:
 def check_store_files(settings: Settings) -> None:
     """Refuse a data dir or database we must not trust (and readable ones when the setting says so)."""
     files.check_data_dir(settings.data_dir)
-    files.check_database(settings.database_path)
+    if not settings.store.url:
+        files.check_database(settings.database_path)
     if settings.refuse_readable_files and (unsafe := unsafe_file_lines(settings)):
         raise files.UnsafeFileError(f"{unsafe[0].removeprefix('UNSAFE ')}; refuse_readable_files is on")
 
@@ -106,7 +167,7 @@ def open_store(settings: Settings, key: crypto.MasterKey | None = None) -> Store
     check_store_files(settings)
     key = key or load_master_key(settings)
     try:
-        return SqliteStore(settings.database_path, key)
+        return open_location(configured_location(settings), key)
     except crypto.WrongMasterKey:
         raise _wrong_key(settings) from None
 
@@ -119,11 +180,12 @@ def _new_key_file(path: Path) -> crypto.MasterKey:
 
 
 def init_store(settings: Settings) -> InitResult:
-    """Create data dir (0700), key file (0600) and database (0600); never overwrite anything."""
+    """Create data dir (0700), key file (0600) and the store (a 0600 file, or tables in the
+    PostgreSQL database); never overwrite anything."""
     data_dir = settings.data_dir
-    database = settings.database_path
+    location, database = configured_location(settings), store_location(settings)
     files.make_data_dir(data_dir)
-    if database.exists() and database.stat().st_size > 0:
+    if store_exists(location):
         open_store(settings).close()  # proves the key still fits; changes nothing
         return InitResult(False, False, key_source(settings), data_dir, database)
     check_store_files(settings)
@@ -141,7 +203,7 @@ def init_store(settings: Settings) -> InitResult:
         key = _new_key_file(settings.key_file_path)
         created_key_file = True
     try:
-        SqliteStore(database, key, create=True, meta=meta).close()
+        open_location(location, key, create=True, meta=meta).close()
     except OSError as exc:
         raise files.UnsafeFileError(f"cannot create the database {database} ({files.os_reason(exc)})") from None
     return InitResult(True, created_key_file, key_source(settings), data_dir, database)

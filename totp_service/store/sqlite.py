@@ -16,7 +16,6 @@ from typing import Any
 
 from totp_service import otp
 from totp_service.identifiers import (
-    InvalidIdentifier,
     check_agent_id,
     check_identifier,
     normalize_identifier,
@@ -26,7 +25,9 @@ from totp_service.store.base import (
     CLAIM_PRUNE_INTERVAL_SECONDS,
     AuditEntry,
     Binding,
+    COPY_TABLES,
     Claim,
+    Rows,
     SchemaTooNew,
     SecretExists,
     SecretMeta,
@@ -36,6 +37,7 @@ from totp_service.store.base import (
     StoreError,
     StoreMissing,
     audit_text,
+    new_binding,
     open_spec,
     seal_spec,
 )
@@ -304,14 +306,7 @@ class SqliteStore(Store):
     # --- bindings ------------------------------------------------------------------------
 
     def put_binding(self, kind: str, ref: str, identifier: str, expires_at: float | None = None) -> Binding:
-        if kind not in ("run", "agent"):
-            raise StoreError("a binding's kind is 'run' or 'agent'")
-        if kind == "agent":
-            check_agent_id(ref)
-        elif not ref.strip():
-            raise InvalidIdentifier("the run id is empty")
-        identifier = check_identifier(identifier)
-        binding = Binding(kind, ref, identifier, expires_at, time.time())
+        binding = new_binding(kind, ref, identifier, expires_at)
         with self._transaction() as conn:
             conn.execute(
                 """INSERT INTO bindings (kind, ref, identifier, expires_at, created_at) VALUES (?, ?, ?, ?, ?)
@@ -422,6 +417,25 @@ class SqliteStore(Store):
                 "SELECT 1 FROM served WHERE identifier = ? AND counter = ?", (identifier, counter)
             ).fetchone()
         return row is not None
+
+    def dump_rows(self) -> Rows:
+        with self._lock:
+            self._conn.execute("BEGIN")  # one read transaction: one snapshot of every table
+            try:
+                return {table: [tuple(row) for row in self._conn.execute(
+                            f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}")]
+                        for table, (columns, order) in COPY_TABLES.items()}
+            finally:
+                self._conn.execute("COMMIT")
+
+    def load_rows(self, rows: Rows) -> None:
+        with self._transaction() as conn:
+            for table in COPY_TABLES:
+                if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
+                    raise StoreError(f"{self.path} already holds {table}: copy only into a new, empty store")
+            for table, (columns, _) in COPY_TABLES.items():
+                conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                                 f"({', '.join('?' * len(columns))})", rows.get(table, []))
 
     def read_audit(
         self, identifier: str | None = None, since: float | None = None, limit: int = 100
