@@ -54,7 +54,7 @@ def startup_line(settings: Settings, identifiers: int) -> str:
     parts = [
         f"totp-service: listening on {scheme}://{server.host}:{server.port}",
         f"totp_url {settings.server.effective_public_url}/totp/<identifier>",
-        f"{identifiers} identifier(s) in {store_location(settings)}",
+        f"{identifiers} identifier(s)" + (f" in {store_location(settings)}" if settings.store.url else ""),
         f"{keys} Skyvern key(s)",
         f"workers {max(1, server.workers)}",
     ]
