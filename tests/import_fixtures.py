@@ -262,7 +262,7 @@ def otpauth_lines(accounts=ACCOUNTS, hotp: bool = False) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def google_migration(accounts=ACCOUNTS) -> bytes:
+def google_migration(accounts=ACCOUNTS, hotp: bool = False) -> bytes:
     """otpauth-migration://offline?data=… with a MigrationPayload protobuf written field by field."""
     def varint(n: int) -> bytes:
         out = b""
@@ -283,6 +283,9 @@ def google_migration(accounts=ACCOUNTS) -> bytes:
         digits = {6: 1, 8: 2}[a.digits]
         payload += field(1, field(1, a.raw) + field(2, a.account.encode()) + field(3, a.issuer.encode())
                          + field(4, algorithms[a.algorithm]) + field(5, digits) + field(6, 2))
+    if hotp:
+        payload += field(1, field(1, HOTP.raw) + field(2, HOTP.account.encode()) + field(3, HOTP.issuer.encode())
+                         + field(4, 1) + field(5, 1) + field(6, 1) + field(7, 3))
     data = base64.b64encode(payload + field(2, 1)).decode()
     return f"otpauth-migration://offline?data={data}\n".encode()
 

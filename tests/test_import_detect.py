@@ -44,6 +44,14 @@ def test_otpauth_lines_with_a_google_export() -> None:
     assert [e.position for e in entries] == ["line 3", "line 4", "line 5 account 1", "line 5 account 2"]
 
 
+def test_google_export_with_a_hotp_account() -> None:
+    thirty_seconds = [a for a in fx.ACCOUNTS if a.period == 30]  # all Google's export can hold
+    entries = uri_lines.read(fx.google_migration(thirty_seconds, hotp=True))
+    fx.check_entries(entries, thirty_seconds)
+    fx.check_hotp_unsupported(entries)
+    assert entries[-1].position == "line 1 account 3"
+
+
 def test_bad_uri_names_its_line() -> None:
     with pytest.raises(EntryError, match=r"^line 2 \(C:d\): "):
         uri_lines.read(b"otpauth://totp/A:b?secret=JBSWY3DPEHPK3PXP\notpauth://totp/C:d?secret=!!\n")
@@ -65,6 +73,12 @@ def test_a_file_without_totp_entries_is_an_error() -> None:
         read_export(fx.bitwarden_json(accounts=()))
 
 
+def test_random_inputs_to_the_uri_lines_reader() -> None:
+    seeds = [fx.otpauth_lines(hotp=True), fx.google_migration(hotp=True), fx.google_migration(fx.ACCOUNTS[:1])]
+    outcome = fuzz(uri_lines.read, seeds, count=2500, seed=22)
+    assert outcome["parsed"] > 100 and outcome["refused"] > 100
+
+
 def test_random_inputs_through_the_one_entry() -> None:
     seeds = [BUILDERS[name]() for name in sorted(BUILDERS)] + [fx.google_migration()]
 
@@ -73,3 +87,12 @@ def test_random_inputs_through_the_one_entry() -> None:
 
     outcome = fuzz(read, seeds, count=3000, seed=21)
     assert outcome["parsed"] > 100 and outcome["refused"] > 1000
+
+
+def test_a_malformed_host_is_a_format_error_everywhere() -> None:
+    from totp_service.imports import OtpFormatError, parse_migration, parse_uri
+
+    for parse, text in ((parse_uri, "otpauth://[totp/A:b?secret=JBSWY3DPEHPK3PXP"),
+                        (parse_migration, "otpauth-migration://[offline?data=AAAA")):
+        with pytest.raises(OtpFormatError, match="host part is malformed"):
+            parse(text)

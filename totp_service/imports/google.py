@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from urllib.parse import parse_qs, urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
+from totp_service.imports.otpauth import split_uri
 from totp_service.otp import OtpFormatError, TotpSpec
 
 _MIGRATION_ALGORITHMS = {0: "SHA1", 1: "SHA1", 2: "SHA256", 3: "SHA512", 4: "MD5"}
@@ -54,9 +56,21 @@ def _read_fields(data: bytes) -> list[tuple[int, int | bytes]]:
     return fields
 
 
-def parse_migration(uri: str) -> list[TotpSpec]:
-    """Parse a Google Authenticator export, which may hold many accounts."""
-    parts = urlsplit(uri.strip())
+@dataclass(frozen=True)
+class MigrationAccount:
+    """One account of an export, before any judgement on whether we can serve it."""
+
+    name: str | None
+    issuer: str | None
+    kind: str  # "totp", "hotp" or "unknown"
+    algorithm: str  # "UNKNOWN" for a value this code does not know
+    digits: int  # 0 for a value this code does not know
+    secret: bytes = field(repr=False)
+
+
+def migration_accounts(uri: str) -> list[MigrationAccount]:
+    """Every account in a Google Authenticator export, HOTP ones included."""
+    parts = split_uri(uri)
     if parts.scheme.lower() != "otpauth-migration":
         raise OtpFormatError("not a Google Authenticator export (otpauth-migration://offline?data=…)")
     data_values = parse_qs(parts.query).get("data")
@@ -67,35 +81,46 @@ def parse_migration(uri: str) -> list[TotpSpec]:
         payload = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise OtpFormatError("the Google Authenticator export's data is not valid base64") from None
-    specs: list[TotpSpec] = []
+    accounts = []
     for number, value in _read_fields(payload):
         if number != 1 or not isinstance(value, bytes):
             continue
         entry: dict[int, int | bytes] = dict(_read_fields(value))
         name = _text(entry.get(2, b""))
         issuer = _text(entry.get(3, b""))
-        if entry.get(6, _MIGRATION_TYPE_TOTP) == _MIGRATION_TYPE_HOTP:
-            raise OtpFormatError(f"account {name!r} is HOTP (counter-based); only TOTP is supported")
-        algorithm = _MIGRATION_ALGORITHMS.get(int(entry.get(4, 0)), "UNKNOWN")  # type: ignore[arg-type]
-        digits = _MIGRATION_DIGITS.get(int(entry.get(5, 0)), 0)  # type: ignore[arg-type]
         if ":" in name and not issuer:
             issuer, _, name = name.partition(":")
         elif issuer and name.startswith(issuer + ":"):
             name = name[len(issuer) + 1 :]
+        kind = {_MIGRATION_TYPE_HOTP: "hotp", _MIGRATION_TYPE_TOTP: "totp"}.get(_number(entry, 6, 2), "unknown")
         secret = entry.get(1, b"")
-        specs.append(
-            TotpSpec(
-                secret=secret if isinstance(secret, bytes) else b"",
-                algorithm=algorithm,
-                digits=digits,
-                period=30,
-                issuer=issuer.strip() or None,
-                account=name.strip() or None,
-            )
-        )
-    if not specs:
+        accounts.append(MigrationAccount(
+            name=name.strip() or None,
+            issuer=issuer.strip() or None,
+            kind=kind,
+            algorithm=_MIGRATION_ALGORITHMS.get(_number(entry, 4, 0), "UNKNOWN"),
+            digits=_MIGRATION_DIGITS.get(_number(entry, 5, 0), 0),
+            secret=secret if isinstance(secret, bytes) else b"",
+        ))
+    if not accounts:
         raise OtpFormatError("the Google Authenticator export holds no accounts")
+    return accounts
+
+
+def parse_migration(uri: str) -> list[TotpSpec]:
+    """Parse a Google Authenticator export, which may hold many accounts; HOTP is refused."""
+    specs = []
+    for account in migration_accounts(uri):
+        if account.kind == "hotp":
+            raise OtpFormatError(f"account {account.name!r} is HOTP (counter-based); only TOTP is supported")
+        specs.append(TotpSpec(secret=account.secret, algorithm=account.algorithm, digits=account.digits, period=30,
+                              issuer=account.issuer, account=account.name))
     return specs
+
+
+def _number(entry: dict[int, int | bytes], field_number: int, default: int) -> int:
+    value = entry.get(field_number, default)
+    return value if isinstance(value, int) else -1  # a varint field sent with another wire type
 
 
 def _text(value: int | bytes) -> str:

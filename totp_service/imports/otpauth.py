@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from totp_service.otp import OtpFormatError, TotpSpec
 
@@ -54,10 +54,17 @@ def spec_from_base32(
     )
 
 
+def split_uri(uri: str) -> SplitResult:
+    """urlsplit, with its ValueError for a malformed netloc (`otpauth://[x`) as an OtpFormatError."""
+    try:
+        return urlsplit(uri.strip())
+    except ValueError:
+        raise OtpFormatError("not a valid URI (its host part is malformed)") from None
+
+
 def parse_uri(uri: str) -> TotpSpec:
     """Parse `otpauth://totp/Issuer:account?secret=…&issuer=…&algorithm=…&digits=…&period=…`."""
-    uri = uri.strip()
-    parts = urlsplit(uri)
+    parts = split_uri(uri)
     if parts.scheme.lower() != "otpauth":
         raise OtpFormatError("not an otpauth URI (it must start with otpauth://totp/)")
     kind = parts.netloc.lower()

@@ -7,13 +7,13 @@ Blank lines and lines starting with # are skipped. HOTP and Steam URIs come back
 from __future__ import annotations
 
 from dataclasses import replace
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
-from totp_service.imports.google import parse_migration
-from totp_service.imports.otpauth import parse_uri
+from totp_service.imports.google import MigrationAccount, migration_accounts
+from totp_service.imports.otpauth import parse_uri, split_uri
 from totp_service.otp import OtpFormatError
 
-from .entries import ImportedEntry, decode_text, describe, other_kind_entry
+from .entries import ImportedEntry, decode_text, describe, other_kind_entry, totp_entry
 from .errors import EntryError, ImportFileError
 
 FORMAT = "otpauth"
@@ -35,11 +35,10 @@ def read(data: bytes, password: object = None) -> list[ImportedEntry]:
         where = f"line {number}"
         if text.lower().startswith("otpauth-migration:"):
             try:
-                specs = parse_migration(text)
+                accounts = migration_accounts(text)
             except OtpFormatError as exc:
                 raise EntryError(where, str(exc)) from None
-            entries += [ImportedEntry(f"{where} account {k}", "totp", s.issuer, s.account, s)
-                        for k, s in enumerate(specs, start=1)]
+            entries += [_migration_entry(f"{where} account {k}", a) for k, a in enumerate(accounts, start=1)]
         else:
             entries.append(uri_entry(where, text))
     if not entries:
@@ -50,9 +49,9 @@ def read(data: bytes, password: object = None) -> list[ImportedEntry]:
 def uri_entry(where: str, uri: str, *, issuer: str | None = None, account: str | None = None) -> ImportedEntry:
     """One otpauth URI; `issuer`/`account` fill in what the URI's label leaves out."""
     try:
-        parts = urlsplit(uri.strip())
-    except ValueError:  # urlsplit refuses some malformed netlocs
-        raise EntryError(where, "not a valid otpauth URI") from None
+        parts = split_uri(uri)
+    except OtpFormatError as exc:
+        raise EntryError(where, str(exc)) from None
     label_issuer, label_account = _label(parts.path, parts.query)
     issuer, account = label_issuer or issuer, label_account or account
     kind = parts.netloc.lower()
@@ -63,6 +62,13 @@ def uri_entry(where: str, uri: str, *, issuer: str | None = None, account: str |
     except OtpFormatError as exc:
         raise EntryError(describe(where, issuer, account), str(exc)) from None
     return ImportedEntry(where, "totp", issuer, account, spec)
+
+
+def _migration_entry(where: str, account: MigrationAccount) -> ImportedEntry:
+    if account.kind != "totp":
+        return other_kind_entry(where, account.kind, account.issuer, account.name)
+    return totp_entry(where, secret=account.secret, algorithm=account.algorithm, digits=account.digits, period=30,
+                      issuer=account.issuer, account=account.name)
 
 
 def _label(path: str, query: str) -> tuple[str | None, str | None]:
