@@ -16,7 +16,15 @@ from pathlib import Path
 
 from totp_service.config import Settings
 from totp_service.identifiers import InvalidIdentifier, check_identifier
-from totp_service.imports import FORMAT_NAMES, ImportedEntry, ImportFileError, describe, printable, read_export
+from totp_service.imports import (
+    FORMAT_NAMES,
+    MAX_EXPORT_BYTES,
+    ImportedEntry,
+    ImportFileError,
+    describe,
+    printable,
+    read_export,
+)
 from totp_service.store import StoreError
 from totp_service.store.open import open_store
 
@@ -87,7 +95,7 @@ def cmd_secret_import(args: argparse.Namespace, settings: Settings) -> int:
         try:
             store.put_many([(p.identifier, p.entry.spec) for p in stored],  # type: ignore[misc]
                            allowed_agents=args.allow_agent or (), replace=args.replace)
-        except StoreError as exc:
+        except (StoreError, InvalidIdentifier) as exc:
             raise ImportRefused(f"{exc}; {NOTHING}") from None
     for p in plan:
         print(f"stored {p.identifier}" if p.identifier else f"skipped {_where(p.entry)}: {p.entry.unsupported}")
@@ -96,11 +104,13 @@ def cmd_secret_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _read_source(source: str) -> bytes:
+    """At most one byte past the size limit: read_export refuses anything that long."""
     if source == "-":
         stream = getattr(sys.stdin, "buffer", None)
-        return stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+        return stream.read(MAX_EXPORT_BYTES + 1) if stream is not None else sys.stdin.read().encode("utf-8")
     try:
-        return Path(source).read_bytes()
+        with Path(source).open("rb") as file:
+            return file.read(MAX_EXPORT_BYTES + 1)
     except OSError as exc:
         raise ImportRefused(f"cannot read {source}: {exc.strerror or type(exc).__name__}") from None
 

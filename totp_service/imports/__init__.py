@@ -14,15 +14,18 @@ May import: `otp` (and the standard library, `cryptography`). Nothing above it.
 from __future__ import annotations
 
 from totp_service.imports.detect import FORMAT_NAMES, ReadExport, detect, read_export
-from totp_service.imports.entries import ImportedEntry, PasswordSource, describe, printable
+from totp_service.imports.entries import MAX_EXPORT_BYTES, ImportedEntry, PasswordSource, describe, printable
 from totp_service.imports.errors import EntryError, ImportFileError, PasswordRequired, UnknownFormat, WrongPassword
 from totp_service.imports.google import parse_migration
 from totp_service.imports.otpauth import decode_base32, parse_uri, spec_from_base32
 from totp_service.otp import OtpFormatError, TotpSpec
 
-__all__ = ["FORMAT_NAMES", "EntryError", "ImportFileError", "ImportedEntry", "OtpFormatError", "PasswordRequired",
-           "PasswordSource", "ReadExport", "UnknownFormat", "WrongPassword", "decode_base32", "describe", "detect",
-           "parse_any", "parse_line", "parse_migration", "parse_uri", "printable", "read_export", "spec_from_base32"]
+__all__ = [
+    "decode_base32", "describe", "detect", "EntryError", "FORMAT_NAMES", "ImportedEntry", "ImportFileError",
+    "MAX_EXPORT_BYTES", "OtpFormatError", "parse_any", "parse_line", "parse_migration", "parse_uri",
+    "PasswordRequired", "PasswordSource", "printable", "read_export", "ReadExport", "spec_from_base32",
+    "UnknownFormat", "WrongPassword",
+]
 
 
 def parse_line(line: str) -> list[TotpSpec]:
