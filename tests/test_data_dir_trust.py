@@ -88,6 +88,17 @@ def test_key_file_is_never_read_through_a_symbolic_link(env: dict[str, str], tmp
     run_command(env, "secret", "list").one_line_error("key file", "is a symbolic link")
 
 
+def test_rotate_key_new_key_file_through_a_link_or_into_no_folder_is_one_line(env: dict[str, str],
+                                                                             tmp_path: Path) -> None:
+    assert run_command(env, "init").code == 0
+    (tmp_path / "new.key").symlink_to(tmp_path / "elsewhere.key")
+    run_command(env, "rotate-key", "--new-key-file", str(tmp_path / "new.key")).one_line_error(
+        "key file", "is a symbolic link")
+    run_command(env, "rotate-key", "--new-key-file", str(tmp_path / "no" / "new.key")).one_line_error(
+        "cannot create key file", "No such file or directory")
+    assert not (tmp_path / "elsewhere.key").exists()
+
+
 def test_a_dangling_key_file_link_at_init_is_one_line(env: dict[str, str], tmp_path: Path) -> None:
     data = Path(env["TOTP_SERVICE_DATA_DIR"])
     data.mkdir(mode=0o700)

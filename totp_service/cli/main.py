@@ -28,7 +28,7 @@ from totp_service.identifiers import (
 from totp_service.imports.qr import QrError, read_qr_text
 from totp_service.store import SecretMeta, StoreError, crypto
 from totp_service.store.files import UnsafeFileError
-from totp_service.store.open import init_store, open_store, unsafe_file_lines
+from totp_service.store.open import init_store, new_key_file, open_store, unsafe_file_lines
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -69,7 +69,7 @@ def cmd_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
         if os.path.lexists(new_path):  # a link is refused, not followed or replaced
             new_key = crypto.load_key_file(new_path)
         else:
-            new_key = crypto.create_key_file(new_path)
+            new_key = new_key_file(new_path)
             print(f"created new key file {new_path} (mode 0600)")
         if new_key.key_id == store.key_id:
             raise UsageError("the new key is the key the store already uses")
@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     for register in _extension_registrars():
         register(sub)
     for child in _subcommand_parsers(parser):  # `code ID --data-dir X` works as well as before `code`
-        _add_global_flags(child, default=argparse.SUPPRESS)
+        if not {"--config", "--data-dir"} & set(child._option_string_actions):
+            _add_global_flags(child, default=argparse.SUPPRESS)
     return parser
 
 

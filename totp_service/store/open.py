@@ -172,7 +172,8 @@ def open_store(settings: Settings, key: crypto.MasterKey | None = None) -> Store
         raise _wrong_key(settings) from None
 
 
-def _new_key_file(path: Path) -> crypto.MasterKey:
+def new_key_file(path: Path) -> crypto.MasterKey:
+    """A fresh key in a new 0600 file (never over an existing file or link); OS errors as one line."""
     try:
         return crypto.create_key_file(path)
     except OSError as exc:
@@ -200,7 +201,7 @@ def init_store(settings: Settings) -> InitResult:
     elif os.path.lexists(settings.key_file_path):  # a link to nowhere is refused, not replaced
         key = _read_key_file(settings)
     else:
-        key = _new_key_file(settings.key_file_path)
+        key = new_key_file(settings.key_file_path)
         created_key_file = True
     try:
         open_location(location, key, create=True, meta=meta).close()
