@@ -180,7 +180,7 @@ class FieldReading:
     kind: str  # empty | static | parameter | expression | credential
     raw: str | None = None
     parameter: str | None = None
-    fallback: str | None = None  # the `| default(...)` literal, or the static value
+    fallback: str | None = None  # the `| default(...)` literal
 
     @property
     def shown(self) -> str:
@@ -203,7 +203,7 @@ def read_field(block: TotpBlock, name: str, parameters: Mapping[str, AgentParame
         return FieldReading("expression", raw)
     if name == IDENTIFIER_FIELD and raw.strip() in parameters:  # Skyvern puts a bare key's value there
         return FieldReading("parameter", raw, raw.strip())
-    return FieldReading("static", raw, fallback=raw)
+    return FieldReading("static", raw)
 
 
 # --- the plan ------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class WiringStep:
     block: str
     block_type: str
     field: str
-    source: str  # filled | given | default | static | cleared | credential | other
+    source: str  # filled | given | default | static | cleared
     value: str
     parameter: str | None = None
     where: str = ""
@@ -250,9 +250,8 @@ class WiringStep:
         shown = shown_url(self.value) if self.field == URL_FIELD else self.value
         shown = repr(shown) if not shown else shown
         target = f"parameters.{self.parameter}" if self.parameter else "static"
-        what = {"given": " (your --param)", "default": " (the parameter's default)",
-                "cleared": " (no pull in push mode)", "credential": " (from the linked credential)",
-                "other": ""}.get(self.source, "")
+        what = {"given": " (your --param)", "default": " (the template's default)",
+                "cleared": " (no pull in push mode)"}.get(self.source, "")
         return f"{self.where or repr(self.block)}: {self.field} <- {target} = {shown}{what}"
 
     def to_json(self) -> dict[str, Any]:

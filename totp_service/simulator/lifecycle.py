@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import httpx
 
 from totp_service.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, compact_json, sign
-from totp_service.simulator.agents import RenderFailed, asking_blocks, block_sources, walk_blocks
-from totp_service.simulator.agents import LOGIN_CAPABLE
+from totp_service.simulator.agents import LOGIN_CAPABLE, RenderFailed, asking_blocks, block_sources, walk_blocks
 from totp_service.simulator.runs import SimRun, SimulatorState
 
 
