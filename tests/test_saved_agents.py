@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from helpers_launch import (
     wait_until,
 )
 
-from totp_service import inspect_agent, launch_agent, totp_url
+from totp_service import attach_pusher, inspect_agent, launch_agent, totp_url
 from totp_service.launcher.agents import AgentUnreadable, WiringRefused
 from totp_service.launcher.client import SkyvernClient
 from totp_service.launcher.pusher import Pusher, WindowCode
@@ -239,3 +240,24 @@ def test_simulator_command_serves_saved_agents(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_push_to_a_run_started_elsewhere_checks_its_blocks(env: Env) -> None:
+    """`push RUN_ID` reads the agent: a run whose parameters give its block another identifier is named."""
+    def attach(parameters: dict[str, Any]) -> tuple[str, list[str]]:
+        started = env.client().run_agent({"agent_id": "wpid_ident", "parameters": parameters})
+        notes: list[str] = []
+        stop = threading.Event()
+
+        def on_event(event: Any) -> None:
+            if event.kind == "note":
+                notes.append(event.message)
+                stop.set()  # seen what we wanted: stop pushing (the run is left alone)
+
+        outcome = attach_pusher(env.settings, started["run_id"], IDENTIFIER, client=env.client(), on_event=on_event,
+                                stop=stop)
+        return outcome.status, notes
+
+    assert attach({"login_id": IDENTIFIER}) == ("completed", [])
+    status, notes = attach({"login_id": "bob@example.com"})
+    assert status != "completed" and len(notes) == 1 and "another totp_identifier" in notes[0]

@@ -10,9 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from totp_service.identifiers import normalize_identifier
 from totp_service.launcher.client import SkyvernAuthError, SkyvernClient, SkyvernNotFound
 from totp_service.launcher.request import LaunchError, RequestError, check_request
-from totp_service.launcher.wiring import AgentDefinition, WiringError, WiringPlan, plan_wiring, read_agent
+from totp_service.launcher.wiring import (
+    IDENTIFIER_FIELD,
+    AgentDefinition,
+    ParameterConflict,
+    WiringError,
+    WiringPlan,
+    plan_wiring,
+    read_agent,
+)
 
 NO_INSPECT_WARNING = (
     "not reading agent {agent}'s blocks (--no-inspect): Skyvern takes the TOTP URL or identifier from "
@@ -77,3 +86,31 @@ def wire_agent_run(
             emit("wiring", line)
     wired = {**body, "parameters": {**plan.parameters, **(body.get("parameters") or {})}}
     return check_request(wired, "agent"), plan
+
+
+def attach_notes(client: SkyvernClient, run: Mapping[str, Any], identifier: str, our_totp_url: str) -> list[str]:
+    """For a pusher attached to someone else's run: will the run read codes pushed for `identifier`?
+
+    A task run reads its run-level totp_identifier; an agent run only what its blocks' fields get
+    from the run's parameters, so the agent is read and wired against them.
+    """
+    request = run.get("run_request") or {}
+    agent_id = request.get("agent_id") or request.get("workflow_id")
+    if run.get("run_type") != "workflow_run" or not isinstance(agent_id, str) or not agent_id.startswith("wpid_"):
+        wanted = request.get("totp_identifier")
+        if not wanted:
+            return ["the run has no totp_identifier: Skyvern will not read the codes pushed for it"]
+        if normalize_identifier(str(wanted)) != normalize_identifier(identifier):
+            return [f"the run was started with another totp_identifier; pushing for {identifier!r} anyway"]
+        return []
+    given = request.get("parameters") if isinstance(request.get("parameters"), Mapping) else {}
+    try:
+        plan = plan_wiring(fetch_agent(client, agent_id), "push", identifier, our_totp_url, given)
+    except ParameterConflict:
+        return [f"the run's parameters give agent {agent_id}'s login block another totp_identifier than "
+                f"{identifier!r}: Skyvern will not read these codes there; pushing anyway"]
+    except (LaunchError, WiringError) as exc:
+        return [f"pushing anyway, but {exc}"]
+    return [f"the run did not set parameters.{step.parameter}, which {step.where} reads as its {IDENTIFIER_FIELD}: "
+            f"that block will not read codes pushed for {identifier!r}; pushing anyway"
+            for step in plan.steps if step.source == "filled" and step.field == IDENTIFIER_FIELD]

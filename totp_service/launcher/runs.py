@@ -24,7 +24,7 @@ import httpx
 
 from totp_service.config import Settings
 from totp_service.identifiers import check_identifier, normalize_identifier
-from totp_service.launcher.agents import fetch_agent, plan_for, wire_agent_run
+from totp_service.launcher.agents import attach_notes, fetch_agent, plan_for, wire_agent_run
 from totp_service.launcher.client import (
     FINAL_STATUSES,
     SkyvernAuthError,
@@ -483,15 +483,10 @@ def attach_pusher(
     identifier = check_identifier(identifier)
     with _resources(settings, identifier, "push", client, store) as (skyvern, source):
         run = skyvern.get_run(run_id)
-        wanted = (run.get("run_request") or {}).get("totp_identifier")
         if on_event:
             on_event(LaunchEvent("created", f"attached to run {run_id} ({run.get('status')})", run_id,
                                  run.get("status")))
-            if not wanted:
-                on_event(LaunchEvent("note", "the run has no totp_identifier: Skyvern reads the pushed codes only "
-                                             "if one of its blocks names this identifier", run_id, run.get("status")))
-            elif normalize_identifier(str(wanted)) != identifier:
-                on_event(LaunchEvent("note", f"the run was started with another totp_identifier; pushing for "
-                                             f"{identifier!r} anyway", run_id, run.get("status")))
+            for note in attach_notes(skyvern, run, identifier, totp_url(settings, identifier)):
+                on_event(LaunchEvent("note", note, run_id, run.get("status")))
         return follow_run(skyvern, run, pusher_source=source, interval=settings.launcher.status_interval_seconds,
                           on_event=on_event, stop=stop, cancel_on_stop=cancel_on_stop)
