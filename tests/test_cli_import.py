@@ -201,3 +201,25 @@ def test_module_entry_point_reports_one_line(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text('{"hello": "world"}')
     bad = run("secret", "import", str(tmp_path / "x.json"))
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "give --format" in bad.stderr
+
+
+def test_import_into_postgresql_all_or_nothing(pg_url: str, run_cli, monkeypatch, tmp_path: Path) -> None:
+    import base64 as b64
+
+    import psycopg
+
+    monkeypatch.setenv("TOTP_SERVICE_DATABASE_URL", pg_url)
+    monkeypatch.setenv("TOTP_SERVICE_MASTER_KEY", b64.b64encode(os.urandom(32)).decode())
+    monkeypatch.setenv("TOTP_SERVICE_DATA_DIR", str(tmp_path / "data"))
+    assert run_cli("init").code == 0
+    path = tmp_path / "backup.2fas"
+    path.write_bytes(fx.twofas_encrypted(hotp=True))
+    refused = run_cli("secret", "import", str(path), "--password-stdin", stdin=fx.PASSWORD + "\n")
+    assert refused.code == 1 and "service 4 (Counter:dave): HOTP" in refused.err
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM secrets").fetchone()[0] == 0
+    result = run_cli("secret", "import", str(path), "--password-stdin", "--skip-unsupported",
+                     stdin=fx.PASSWORD + "\n")
+    assert result.code == 0, result.err
+    for identifier, account in zip(IDENTIFIERS, fx.ACCOUNTS):
+        assert run_cli("code", identifier, "--at", "1700000015").out.split()[0] == account.code(1700000015)
