@@ -27,7 +27,7 @@ from .errors import ImportFileError, WrongPassword
 FORMAT = "aegis"
 WHAT = "Aegis vault"
 PASSWORD_SLOT = 1
-MAX_PASSWORD_SLOTS = 8
+MAX_PASSWORD_SLOTS = 4  # each costs one scrypt run
 
 
 def looks_like(document: object) -> bool:

@@ -15,9 +15,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from .entries import PasswordSource
 from .errors import ImportFileError, PasswordRequired, WrongPassword
 
-MAX_SCRYPT_MEMORY = 256 * 1024 * 1024  # 128 * n * r bytes; Aegis uses n=2^15, r=8: 32 MiB
-MAX_SCRYPT_P = 16
-MAX_PBKDF2_ITERATIONS = 2_000_000  # andOTP writes 140,000-160,000; 2FAS 10,000
+MAX_SCRYPT_WORK = 2**20  # n * r * p; Aegis writes n=2^15, r=8, p=1 (2^18: 32 MiB, ~0.1 s)
+MAX_PBKDF2_ITERATIONS = 1_000_000  # andOTP writes 140,000-160,000; 2FAS 10,000
 GCM_TAG_BYTES = 16
 
 
@@ -34,7 +33,7 @@ def password_bytes(password: PasswordSource, what: str) -> bytes:
 
 
 def scrypt_key(password: bytes, salt: bytes, n: int, r: int, p: int, what: str) -> bytes:
-    if not (1 < n and n & (n - 1) == 0 and 0 < r and 0 < p <= MAX_SCRYPT_P and 128 * n * r <= MAX_SCRYPT_MEMORY):
+    if not (1 < n and n & (n - 1) == 0 and 0 < r and 0 < p and n * r * p <= MAX_SCRYPT_WORK):
         raise ImportFileError(f"the {what} asks for scrypt parameters out of range (n={n}, r={r}, p={p})")
     try:
         return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(password)
