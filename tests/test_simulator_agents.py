@@ -86,7 +86,7 @@ from totp_service.simulator.app import SimulatorState, create_simulator_app  # n
 API_KEY = "sk-agents-test-key"
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 PERIOD = 4
-FAST = dict(poll_interval=0.1, first_poll_delay=0.05, queue_delay=0.05, typing_delay=0.05, code_wait_timeout=1.0)
+FAST = dict(poll_interval=0.1, first_poll_delay=0.05, queue_delay=0.05, typing_delay=0.05, code_wait_timeout=3.0)  # 1 s timed out in CI under load
 LOGIN = {"title": "sign in", "workflow_definition": {
     "parameters": [{"key": "login_id", "parameter_type": "workflow", "workflow_parameter_type": "string"}],
     "blocks": [{"block_type": "login", "label": "sign_in", "totp_identifier": "{{ login_id }}"}]}}
