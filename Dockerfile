@@ -16,12 +16,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_ROOT_USER_ACTION=ignore \
     TOTP_SERVICE_DATA_DIR=/data
 
+# EXTRAS="[postgres]" adds the PostgreSQL driver (compose.yaml builds it so); the default image stays SQLite-only
+ARG EXTRAS=""
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY totp_service ./totp_service
 # uid/gid 10001: a regular account (above SYS_UID_MAX, so useradd does not warn), numeric in USER
 # so that Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
-RUN pip install . \
+RUN pip install ".${EXTRAS}" \
     && rm -rf /app/totp_service /app/build \
     && groupadd --gid 10001 totp \
     && useradd --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin totp \

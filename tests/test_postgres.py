@@ -129,3 +129,28 @@ def test_without_the_extra_nothing_imports_psycopg() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('psycopg')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_replicas_running_init_together_both_succeed(pg_url: str, tmp_path) -> None:
+    from totp_service.config import load_settings
+    from totp_service.store.open import init_store
+
+    key = crypto.MasterKey.generate().to_base64()
+    settings = [load_settings(environ={"TOTP_SERVICE_DATA_DIR": str(tmp_path / f"r{i}"), "TOTP_SERVICE_MASTER_KEY": key,
+                                       "TOTP_SERVICE_DATABASE_URL": pg_url}) for i in range(3)]
+    results: list[object] = []
+    barrier = threading.Barrier(3)
+
+    def init(i: int) -> None:
+        barrier.wait()
+        try:
+            results.append(init_store(settings[i]).created_store)
+        except BaseException as exc:  # pragma: no cover - reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=init, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results, key=str) == [False, False, True]

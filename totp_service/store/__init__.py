@@ -19,6 +19,7 @@ from totp_service.store.base import (
     Store,
     StoreBusy,
     StoreError,
+    StoreExists,
     StoreMissing,
     StoreUnavailable,
 )
@@ -26,5 +27,5 @@ from totp_service.store.base import (
 __all__ = [
     "CLAIM_PRUNE_INTERVAL_SECONDS", "CLAIM_RETENTION_SECONDS", "STORE_INPUT_ERRORS", "AuditEntry", "Binding",
     "Claim", "InvalidIdentifier", "SchemaTooNew", "SecretExists", "SecretMeta", "SecretNotFound", "Store",
-    "StoreBusy", "StoreError", "StoreMissing", "StoreUnavailable",
+    "StoreBusy", "StoreError", "StoreExists", "StoreMissing", "StoreUnavailable",
 ]

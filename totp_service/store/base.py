@@ -47,6 +47,10 @@ class StoreMissing(StoreError):
     pass
 
 
+class StoreExists(StoreError):
+    """`create` found a store already there (another `init` may have just made it)."""
+
+
 class StoreBusy(StoreError):
     """The backend could not take the write now (locked, busy); trying later may work."""
 

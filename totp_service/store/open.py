@@ -19,7 +19,7 @@ from typing import Any
 
 from totp_service.config import Settings
 from totp_service.store import crypto, files
-from totp_service.store.base import Store, StoreError, StoreMissing
+from totp_service.store.base import Store, StoreError, StoreExists, StoreMissing
 from totp_service.store.sqlite import SqliteStore
 from totp_service.store.sqlite_schema import read_meta_value
 
@@ -205,6 +205,9 @@ def init_store(settings: Settings) -> InitResult:
         created_key_file = True
     try:
         open_location(location, key, create=True, meta=meta).close()
+    except StoreExists:  # another replica's `init` made it meanwhile: the same as finding it
+        open_store(settings).close()
+        return InitResult(False, created_key_file, key_source(settings), data_dir, database)
     except OSError as exc:
         raise files.UnsafeFileError(f"cannot create the database {database} ({files.os_reason(exc)})") from None
     return InitResult(True, created_key_file, key_source(settings), data_dir, database)

@@ -45,6 +45,7 @@ from totp_service.store.base import (
     SecretNotFound,
     Store,
     StoreError,
+    StoreExists,
     StoreMissing,
     StoreUnavailable,
     audit_text,
@@ -116,7 +117,7 @@ class PostgresStore(Store):
             exists = has_store(conn)
             if create:
                 if exists:
-                    raise StoreError(f"{self.path} already holds a totp-service store")
+                    raise StoreExists(f"{self.path} already holds a totp-service store")
                 self._create(conn, meta)
                 return
             if not exists:

@@ -35,6 +35,7 @@ from totp_service.store.base import (
     Store,
     StoreBusy,
     StoreError,
+    StoreExists,
     StoreMissing,
     audit_text,
     new_binding,
@@ -72,7 +73,7 @@ class SqliteStore(Store):
         self._writes_since_wal_check = 0
         if create:
             if self.path.exists() and self.path.stat().st_size > 0:
-                raise StoreError(f"{self.path} already exists")
+                raise StoreExists(f"{self.path} already exists")
             if not self.path.exists():
                 create_database_file(self.path)
         elif not self.path.exists():
