@@ -42,8 +42,9 @@ def free_port() -> int:
 class PgCluster:
     """initdb once; start, stop and restart on one port; `url(db)` gives a libpq URL."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        self.durable = durable  # fsync on (benchmarks); tests run without it
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="totp-pg-"))
         self.data = self.base / "data"
@@ -59,8 +60,9 @@ class PgCluster:
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c full_page_writes=off -c max_connections=200")
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.base / "log"), "-o", options, "-w", "start")
 
     def ensure_running(self) -> None:

@@ -93,7 +93,8 @@ def serving(env: dict[str, str], *args: str) -> Iterator[tuple[Proc, str]]:
 @pytest.fixture()
 def store_env(tmp_path: Path) -> dict[str, str]:
     config = tmp_path / "config.yaml"  # no holds: this test is about the process, not freshness
-    config.write_text("codes:\n  min_validity_seconds: 0\n  max_hold_seconds: 0\n  single_use: false\n")
+    config.write_text("codes:\n  min_validity_seconds: 0\n  max_hold_seconds: 0\n  single_use: false\n"
+                      "server:\n  access_log: true\n")  # off by default; on here to check its lines
     env = _env(tmp_path / "data", SKYVERN_API_KEY=SKYVERN_KEY, TOTP_SERVICE_ADMIN_TOKEN=ADMIN_TOKEN,
                TOTP_SERVICE_READER_TOKEN=READER_TOKEN, TOTP_SERVICE_CONFIG=str(config))
     assert _cli(env, "init").returncode == 0
@@ -123,7 +124,7 @@ def test_serve_starts_answers_and_stops_cleanly_without_leaking_codes(store_env:
             codes.append(pull(fresh, "/totp/Alice%40example.com", {"task_id": "tsk_1"}).json()["verification_code"])
         assert proc.stop() == 0
     logs = proc.output
-    assert '"POST /totp/alice%40example.com HTTP/1.1" 200' in logs  # access log is on (uvicorn's line)
+    assert '"POST /totp/alice%40example.com HTTP/1.1" 200' in logs  # access log turned on (uvicorn's line)
     assert '"POST /totp/Alice%40example.com HTTP/1.1" 200' in logs  # ... and pull_protocol's
     for secret_text in (BASE32, OTHER_BASE32, SKYVERN_KEY, ADMIN_TOKEN, READER_TOKEN, *codes):
         assert secret_text not in logs

@@ -54,7 +54,7 @@ class ServerSettings:
     allow_unsigned: bool = False
     max_timestamp_skew_seconds: float | None = None
     workers: int = 1
-    access_log: bool = True
+    access_log: bool = False  # the audit trail records every pull already (config.example.yaml says why)
     trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     # unauthenticated pulls refused per client and window before the rest get 429 (service refusals)
     refusal_limit: int = 20
