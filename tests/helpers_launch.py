@@ -1,4 +1,4 @@
-"""Fixtures for the launcher tests: a simulator, a store with a short-period secret, settings, env.
+"""Fixtures for the launcher and simulator tests: a simulator, a store with a short-period secret, settings, env.
 
 Short TOTP periods (4 s) and fast simulator timings keep each run to a second or two; codes are
 still checked strictly by the simulator's login page.
@@ -69,7 +69,8 @@ def login_agent(parameters: list[dict[str, Any]] | None = None, **fields: Any) -
 
 @contextmanager
 def simulator(**options: Any) -> Iterator[Sim]:
-    """The simulator, with AGENT saved as `login_agent()` (a block wired through its parameters)."""
+    """The simulator, with AGENT saved as `login_agent()` (a block wired through its parameters); a run of
+    any agent not saved is 404, as on Skyvern."""
     app = create_simulator_app([API_KEY], **{**FAST, **options})
     app.state.simulator.define_agent(login_agent(), AGENT)
     with running_server(app) as base:

@@ -247,8 +247,9 @@ def test_code_too_close_to_expiry_waits_for_the_next_window(env: Env) -> None:
     from totp_service.launcher.pusher import LocalCodeSource, Pusher
     from totp_service.store.open import open_store
 
+    env.sim.state.define_agent(login_agent([], navigation_goal="sign in"), "wpid_no_login")  # asks for no code
     started = httpx.post(f"{env.sim.base}/v1/run/agents", headers={"x-api-key": API_KEY},
-                         json={"agent_id": "wpid_no_login", "totp_identifier": IDENTIFIER}).json()
+                         json={"agent_id": "wpid_no_login"}).json()
     base = (int(time.time()) // PERIOD + 1000) * PERIOD  # a window well in the future
     now = [base + PERIOD - MIN_VALIDITY / 2]  # half of min_validity left: too late for this code
     events = []

@@ -165,6 +165,11 @@ def test_cli_launch_shows_the_wiring_and_refuses_in_one_line(env: Env, run_cli: 
     missing = run_cli("launch", "wpid_missing", "--identifier", IDENTIFIER, "--mode", "push")
     assert missing.code == 1 and "wpid_missing" in missing.err and missing.err.count("\n") == 1
     assert starts(env.sim) == before
+    runs = len(env.sim.state.list_runs())
+    blind = run_cli("launch", "wpid_missing", "--identifier", IDENTIFIER, "--mode", "push", "--no-inspect")
+    assert blind.code == 1 and blind.err.splitlines()[-1] == (  # the start itself: Skyvern's 404, no run
+        "totp-service: error: POST /v1/run/agents: not found (Workflow not found. workflow_permanent_id=wpid_missing)")
+    assert len(env.sim.state.list_runs()) == runs
 
 
 def test_agent_show(env: Env, run_cli: Any) -> None:
@@ -237,6 +242,9 @@ def test_simulator_command_serves_saved_agents(tmp_path: Path) -> None:
 
         answer = wait_until(read, what="the simulator to answer")
         assert answer.json()["workflow_definition"]["blocks"][0]["totp_identifier"] == "{{ login_id }}"
+        other = httpx.post(f"http://127.0.0.1:{port}/v1/run/agents", headers={"x-api-key": API_KEY},
+                           json={"agent_id": "wpid_other", "totp_identifier": IDENTIFIER})
+        assert other.status_code == 404  # only the loaded agents exist
     finally:
         proc.terminate()
         proc.communicate(timeout=10)

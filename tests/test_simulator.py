@@ -1,4 +1,7 @@
-"""The Skyvern simulator over real HTTP: pull (signed totp_url polls), push, strict code checks."""
+"""The Skyvern simulator over real HTTP: pull (signed totp_url polls), push, strict code checks.
+
+Runs are of AGENT, saved as `login_agent()`: its login block reads {{ totp_url }} / {{ totp_identifier }},
+so each test's TOTP source goes in the run's parameters (a run-level field reaches no block)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 import httpx
 import pyotp
 import pytest
+from helpers_launch import AGENT, API_KEY, simulator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -18,9 +22,8 @@ from starlette.routing import Route
 
 from totp_service.service.servers import running_server
 from totp_service.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from totp_service.simulator.app import SimulatorState, create_simulator_app
+from totp_service.simulator.app import SimulatorState
 
-API_KEY = "sk-test-org-key"
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 FAST = dict(poll_interval=0.1, first_poll_delay=0.05, queue_delay=0.05, typing_delay=0.1, code_wait_timeout=3.0)
 
@@ -56,24 +59,25 @@ def totp_endpoint(answers: list[Any] | None = None) -> tuple[Starlette, list[dic
 
 @pytest.fixture()
 def sim() -> Iterator[tuple[str, SimulatorState]]:
-    app = create_simulator_app([API_KEY], **FAST)
-    with running_server(app) as base:
-        yield base, app.state.simulator
+    with simulator(**FAST) as s:
+        yield s.base, s.state
 
 
 def headers(key: str = API_KEY) -> dict[str, str]:
     return {"x-api-key": key}
 
 
-def start_agent(base: str, **body: Any) -> dict[str, Any]:
-    response = httpx.post(f"{base}/v1/run/agents", json={"agent_id": "wpid_login", **body}, headers=headers())
+def start_agent(base: str, **parameters: Any) -> dict[str, Any]:
+    """A run of AGENT whose login block gets `parameters` (totp_url, totp_identifier)."""
+    response = httpx.post(f"{base}/v1/run/agents", json={"agent_id": AGENT, "parameters": parameters},
+                          headers=headers())
     assert response.status_code == 200, response.text
     return response.json()
 
 
 def test_pull_flow_signed_and_completed(sim: tuple[str, SimulatorState]) -> None:
     base, state = sim
-    state.add_secret(SECRET, agent_id="wpid_login")
+    state.add_secret(SECRET, agent_id=AGENT)
     endpoint, seen = totp_endpoint([(200, {"verification_code": ""})])
     with running_server(endpoint) as totp_base:
         run = start_agent(base, totp_url=f"{totp_base}/totp")
@@ -84,7 +88,7 @@ def test_pull_flow_signed_and_completed(sim: tuple[str, SimulatorState]) -> None
     assert final["started_at"] and final["finished_at"]
     task_id = final["block_tasks"][0]["task_id"]  # the block's task, not the run
     assert task_id.startswith("tsk_")
-    expected = json.dumps({"task_id": task_id, "workflow_run_id": run["run_id"], "workflow_permanent_id": "wpid_login"},
+    expected = json.dumps({"task_id": task_id, "workflow_run_id": run["run_id"], "workflow_permanent_id": AGENT},
                           separators=(",", ":")).encode()
     assert len(seen) == 2 and all(s["signed"] and s["body"] == expected for s in seen)
     assert seen[0]["headers"]["content-type"] == "application/json"
@@ -94,7 +98,7 @@ def test_pull_flow_signed_and_completed(sim: tuple[str, SimulatorState]) -> None
 
 def test_pull_timeout_lists_statuses(sim: tuple[str, SimulatorState]) -> None:
     base, state = sim
-    state.add_secret(SECRET, agent_id="wpid_login")
+    state.add_secret(SECRET, agent_id=AGENT)
     endpoint, _ = totp_endpoint([(401, {"detail": "no"})] * 3 + [(200, {"verification_code": ""})] * 100)
     with running_server(endpoint) as totp_base:
         run = start_agent(base, totp_url=f"{totp_base}/totp")
@@ -105,7 +109,7 @@ def test_pull_timeout_lists_statuses(sim: tuple[str, SimulatorState]) -> None:
 
 def test_pull_number_code_fails_the_run(sim: tuple[str, SimulatorState]) -> None:
     base, state = sim
-    state.add_secret(SECRET, agent_id="wpid_login")
+    state.add_secret(SECRET, agent_id=AGENT)
     endpoint, _ = totp_endpoint([(200, {"verification_code": 123456})])
     with running_server(endpoint) as totp_base:
         final = state.wait_for_run(start_agent(base, totp_url=f"{totp_base}/totp")["run_id"], timeout=10)
@@ -114,7 +118,7 @@ def test_pull_number_code_fails_the_run(sim: tuple[str, SimulatorState]) -> None
 
 def test_strict_verification_rejects_wrong_code(sim: tuple[str, SimulatorState]) -> None:
     base, state = sim
-    state.add_secret(SECRET, agent_id="wpid_login")
+    state.add_secret(SECRET, agent_id=AGENT)
     totp = pyotp.TOTP(SECRET)
     stale = totp.at(time.time() - 60)
     endpoint, _ = totp_endpoint([(200, {"verification_code": stale})])
@@ -124,10 +128,9 @@ def test_strict_verification_rejects_wrong_code(sim: tuple[str, SimulatorState])
 
 
 def test_push_only_counts_codes_after_started_at() -> None:
-    app = create_simulator_app([API_KEY], **{**FAST, "queue_delay": 0.5, "code_wait_timeout": 1.0})
-    state: SimulatorState = app.state.simulator
-    state.add_secret(SECRET, totp_identifier="Alice@Example.com")
-    with running_server(app) as base:
+    with simulator(**{**FAST, "queue_delay": 0.5, "code_wait_timeout": 1.0}) as sim:
+        base, state = sim.base, sim.state
+        state.add_secret(SECRET, totp_identifier="Alice@Example.com")
         early = start_agent(base, totp_identifier="alice@example.com")
         pushed = httpx.post(f"{base}/v1/credentials/totp", headers=headers(),
                             json={"totp_identifier": " ALICE@example.com ", "content": fresh_code()})
@@ -178,21 +181,28 @@ def test_push_endpoint_semantics(sim: tuple[str, SimulatorState]) -> None:
 
 
 def test_run_auth_and_validation(sim: tuple[str, SimulatorState]) -> None:
-    base, _ = sim
+    base, state = sim
     agents = f"{base}/v1/run/agents"
-    assert httpx.post(agents, json={"agent_id": "wpid_1"}).json() == {"detail": "Invalid credentials"}
-    assert httpx.post(agents, json={"agent_id": "wpid_1"}, headers=headers("nope")).status_code == 403
+    assert httpx.post(agents, json={"agent_id": AGENT}).json() == {"detail": "Invalid credentials"}
+    assert httpx.post(agents, json={"agent_id": AGENT}, headers=headers("nope")).status_code == 403
     for bad in ({"proxy_location": "MARS"}, {"max_elapsed_time_minutes": 0}, {"max_elapsed_time_minutes": 241},
                 {"proxy_location": {"country": "usa"}}, {"run_with": "magic"}, {"parameters": []}):
-        response = httpx.post(agents, json={"agent_id": "wpid_1", **bad}, headers=headers())
+        response = httpx.post(agents, json={"agent_id": AGENT, **bad}, headers=headers())
         assert response.status_code == 422, bad
         assert response.json()["detail"][0]["loc"][1] == next(iter(bad))
     for good in ({"proxy_location": "RESIDENTIAL_GB"}, {"proxy_location": {"url": "http://u:p@h:3128"}},
                  {"proxy_location": {"country": "US", "subdivision": "CA", "city": "San Francisco"}},
                  {"max_elapsed_time_minutes": 240}):
-        assert httpx.post(agents, json={"agent_id": "wpid_1", **good}, headers=headers()).status_code == 200
-    alias = httpx.post(f"{base}/v1/run/workflows", json={"workflow_id": "wpid_2"}, headers=headers())
-    assert alias.json()["run_request"]["agent_id"] == "wpid_2"
+        assert httpx.post(agents, json={"agent_id": AGENT, **good}, headers=headers()).status_code == 200
+    alias = httpx.post(f"{base}/v1/run/workflows", json={"workflow_id": AGENT}, headers=headers())
+    assert alias.json()["run_request"]["agent_id"] == AGENT
+    runs = len(state.list_runs())
+    for path in ("/v1/run/agents", "/v1/run/workflows"):  # an agent never saved: Skyvern's WorkflowNotFound
+        unknown = httpx.post(f"{base}{path}", headers=headers(),
+                             json={"workflow_id": "wpid_nope", "totp_identifier": "bob", "totp_url": "https://x/t"})
+        assert unknown.status_code == 404, unknown.text
+        assert unknown.json() == {"detail": "Workflow not found. workflow_permanent_id=wpid_nope"}
+    assert len(state.list_runs()) == runs
     task = httpx.post(f"{base}/v1/run/tasks", json={"prompt": "log in"}, headers=headers())
     assert task.json()["run_id"].startswith("tsk_") and task.json()["run_type"] == "task_v1"  # skyvern-1.0
     v2 = httpx.post(f"{base}/v1/run/tasks", json={"prompt": "log in", "engine": "skyvern-2.0"}, headers=headers())
@@ -201,12 +211,12 @@ def test_run_auth_and_validation(sim: tuple[str, SimulatorState]) -> None:
 
 
 def test_blocked_host_like_cloud() -> None:
-    app = create_simulator_app([API_KEY], block_private_totp_url=True, **FAST)
-    with running_server(app) as base:
-        response = httpx.post(f"{base}/v1/run/agents", headers=headers(),
-                              json={"agent_id": "wpid_1", "totp_url": "http://127.0.0.1:9/totp"})
-    assert response.status_code == 400 and response.json() == {"detail": "Invalid totp_url: blocked host."}
-    assert app.state.simulator.list_runs() == []
+    with simulator(block_private_totp_url=True, **FAST) as sim:
+        # the run-level field reaches no block, but Skyvern's request schema still checks it
+        response = httpx.post(f"{sim.base}/v1/run/agents", headers=headers(),
+                              json={"agent_id": AGENT, "totp_url": "http://127.0.0.1:9/totp"})
+        assert response.status_code == 400 and response.json() == {"detail": "Invalid totp_url: blocked host."}
+        assert sim.state.list_runs() == []
 
 
 def test_cancel_and_control_endpoints(sim: tuple[str, SimulatorState]) -> None:
@@ -222,13 +232,13 @@ def test_cancel_and_control_endpoints(sim: tuple[str, SimulatorState]) -> None:
     assert httpx.get(f"{base}/v1/runs/{run['run_id']}", headers=headers()).status_code == 503
     assert httpx.get(f"{base}/v1/runs/{run['run_id']}", headers=headers()).status_code == 200
     recorded = httpx.get(f"{base}/_sim/requests", params={"path_prefix": "/v1/run/agents"}).json()
-    assert len(recorded) == 1 and recorded[0]["json"] == {"agent_id": "wpid_login", "totp_identifier": "bob"}
+    assert len(recorded) == 1 and recorded[0]["json"] == {"agent_id": AGENT, "parameters": {"totp_identifier": "bob"}}
     assert httpx.get(f"{base}/_sim/runs/{run['run_id']}").json()["status"] == "canceled"
 
 
 def test_pull_non_json_keeps_polling_and_is_reported(sim: tuple[str, SimulatorState]) -> None:
     base, state = sim
-    state.add_secret(SECRET, agent_id="wpid_login")
+    state.add_secret(SECRET, agent_id=AGENT)
 
     async def plain(request: Request) -> PlainTextResponse:
         return PlainTextResponse("code 123456")
@@ -239,11 +249,10 @@ def test_pull_non_json_keeps_polling_and_is_reported(sim: tuple[str, SimulatorSt
 
 
 def test_url_first_then_pushed_codes() -> None:
-    app = create_simulator_app([API_KEY], **{**FAST, "code_wait_timeout": 1.5})
-    state: SimulatorState = app.state.simulator
-    state.add_secret(SECRET, agent_id="wpid_login")
     endpoint, seen = totp_endpoint([(200, {"verification_code": ""})] * 100)
-    with running_server(app) as base, running_server(endpoint) as totp_base:
+    with simulator(**{**FAST, "code_wait_timeout": 1.5}) as sim, running_server(endpoint) as totp_base:
+        base, state = sim.base, sim.state
+        state.add_secret(SECRET, agent_id=AGENT)
         code = fresh_code(min_left=4.0)  # before the run: waiting for a window must not eat its 1.5 s
         run = start_agent(base, totp_url=f"{totp_base}/totp", totp_identifier="carol")
         state.wait_for_run(run["run_id"], {"running"})
@@ -255,10 +264,9 @@ def test_url_first_then_pushed_codes() -> None:
 
 
 def test_url_failing_outright_skips_the_pushed_codes() -> None:
-    app = create_simulator_app([API_KEY], **{**FAST, "code_wait_timeout": 1.0, "totp_attempts": 1})
-    state: SimulatorState = app.state.simulator
-    state.add_secret(SECRET, agent_id="wpid_login")
-    with running_server(app) as base:
+    with simulator(**{**FAST, "code_wait_timeout": 1.0, "totp_attempts": 1}) as sim:
+        base, state = sim.base, sim.state
+        state.add_secret(SECRET, agent_id=AGENT)
         run = start_agent(base, totp_url="http://127.0.0.1:9/totp", totp_identifier="carol")
         state.wait_for_run(run["run_id"], {"running"})
         httpx.post(f"{base}/v1/credentials/totp", headers=headers(),

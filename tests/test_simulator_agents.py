@@ -104,6 +104,11 @@ def call(base: str, method: str, path: str, **kw: Any) -> httpx.Response:
     return httpx.request(method, f"{base}{path}", headers=headers, **kw)
 
 
+def save_login(base: str) -> str:
+    """POST /v1/workflows with LOGIN; its wpid_."""
+    return call(base, "POST", "/v1/workflows", json={"json_definition": LOGIN}).json()["workflow_permanent_id"]
+
+
 def push(base: str, identifier: str, **scope: Any) -> None:
     """Push the current code, with at least 2.5 s of its window left (the run types it within ~1 s)."""
     left = PERIOD - time.time() % PERIOD
@@ -122,18 +127,23 @@ def test_define_read_back_and_run_level_fields_ignored(sim: tuple[str, Simulator
     for path in (f"/v1/workflows/{wpid}", f"/v1/workflows/{wpid}/"):
         read = call(base, "GET", path).json()
         assert read["workflow_definition"]["blocks"][0]["totp_identifier"] == "{{ login_id }}"
-    assert call(base, "GET", "/v1/workflows/wpid_nope").status_code == 404
+    missing = call(base, "GET", "/v1/workflows/wpid_nope")
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "Workflow not found. workflow_permanent_id=wpid_nope"}
     assert call(base, "POST", "/v1/workflows", json={"yaml": 1}).status_code == 422
+    run_level = {"totp_identifier": "alice@example.com", "totp_url": "http://127.0.0.1:9/totp"}
     run = call(base, "POST", "/v1/run/agents", json={"agent_id": wpid, "parameters": {"login_id": ""},
-                                                      "totp_identifier": "alice@example.com"}).json()
+                                                      **run_level}).json()
     final = state.wait_for_run(run["run_id"])
     assert final["status"] == "failed" and "Block sign_in" in final["failure_reason"]
     assert "no totp_verification_url and no totp_identifier" in final["failure_reason"]
+    assert final["block_tasks"][0]["totp_identifier"] is None and final["block_tasks"][0]["totp_url"] is None
+    assert state.totp_polls() == [] and final["run_request"]["totp_url"] == run_level["totp_url"]  # only echoed
 
 
 def test_missing_parameter_is_400_before_any_run(sim: tuple[str, SimulatorState]) -> None:
     base, state = sim
-    wpid = call(base, "POST", "/v1/workflows", json={"json_definition": LOGIN}).json()["workflow_permanent_id"]
+    wpid = save_login(base)
     answer = call(base, "POST", "/v1/run/agents", json={"agent_id": wpid})
     assert answer.status_code == 400 and answer.json()["detail"].startswith("Missing value for parameter login_id")
     assert state.list_runs() == []
@@ -141,7 +151,7 @@ def test_missing_parameter_is_400_before_any_run(sim: tuple[str, SimulatorState]
 
 def test_templated_block_takes_codes_pushed_after_started_at(sim: tuple[str, SimulatorState]) -> None:
     base, state = sim
-    wpid = call(base, "POST", "/v1/workflows", json={"json_definition": LOGIN}).json()["workflow_permanent_id"]
+    wpid = save_login(base)
     state.add_secret(SECRET, period=PERIOD, agent_id=wpid)
     push(base, "bob@example.com")  # before the run exists: never taken (started_at anchor)
     run = call(base, "POST", "/v1/run/agents", json={"agent_id": wpid, "parameters": {"login_id": "Bob@Example.com"}})
@@ -165,7 +175,9 @@ def _task(base: str, state: SimulatorState) -> str:
 def test_lifespan_and_standalone_task_scoping(sim: tuple[str, SimulatorState]) -> None:
     base, state = sim
     state.add_secret(SECRET, period=PERIOD, totp_identifier="dan")
-    other = call(base, "POST", "/v1/run/agents", json={"agent_id": "wpid_legacy"}).json()["run_id"]
+    wpid = save_login(base)
+    other = call(base, "POST", "/v1/run/agents", json={"agent_id": wpid, "parameters": {"login_id": ""}}
+                 ).json()["run_id"]
     push(base, "dan", workflow_run_id=other)  # pushed for another run, before this task exists
     with state.lock:
         state.codes[-1].created_at -= timedelta(minutes=11)  # past TOTP_LIFESPAN_MINUTES
@@ -179,12 +191,13 @@ def test_lifespan_and_standalone_task_scoping(sim: tuple[str, SimulatorState]) -
 
 def test_new_request_fields(sim: tuple[str, SimulatorState]) -> None:
     base, state = sim
-    good = call(base, "POST", "/v1/run/agents", json={"agent_id": "wpid_x", "browser_type": "chrome",
-                                                       "file_ids": ["file_1"]})
+    wpid = save_login(base)
+    good = call(base, "POST", "/v1/run/agents", json={"agent_id": wpid, "parameters": {"login_id": ""},
+                                                       "browser_type": "chrome", "file_ids": ["file_1"]})
     assert good.status_code == 200 and good.json()["run_request"]["browser_type"] == "chrome"
     for bad in ({"browser_type": "firefox"}, {"browser_type": "msedge", "browser_session_id": "pbs_1"},
                 {"file_ids": [f"file_{n}" for n in range(51)]}):
-        assert call(base, "POST", "/v1/run/agents", json={"agent_id": "wpid_x", **bad}).status_code == 422, bad
+        assert call(base, "POST", "/v1/run/agents", json={"agent_id": wpid, **bad}).status_code == 422, bad
     task = call(base, "POST", "/v1/run/tasks", json={"prompt": "p", "max_steps": 7},
                 headers={"x-max-steps-override": "3"}).json()
     assert state.run(task["run_id"])["max_steps"] == 7  # /v1/run/tasks reads the body field, not the header

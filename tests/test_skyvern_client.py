@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from helpers_launch import AGENT, API_KEY, simulator
 
 from totp_service.launcher.client import (
     FINAL_STATUSES,
@@ -19,18 +20,16 @@ from totp_service.launcher.client import (
     SkyvernUnavailable,
     SkyvernValidationError,
 )
-from totp_service.service.servers import free_port, running_server
-from totp_service.simulator.app import SimulatorState, create_simulator_app
+from totp_service.service.servers import free_port
+from totp_service.simulator.app import SimulatorState
 
-API_KEY = "sk-client-test-key"
 FAST = dict(poll_interval=0.1, first_poll_delay=0.05, queue_delay=0.05, typing_delay=0.1, code_wait_timeout=30.0)
 
 
 @pytest.fixture()
 def sim() -> Iterator[tuple[str, SimulatorState]]:
-    app = create_simulator_app([API_KEY], **FAST)
-    with running_server(app) as base:
-        yield base, app.state.simulator
+    with simulator(**FAST) as s:  # AGENT is a saved agent there (runs of any other wpid_ are 404)
+        yield s.base, s.state
 
 
 @pytest.fixture()
@@ -41,7 +40,7 @@ def client(sim: tuple[str, SimulatorState]) -> Iterator[SkyvernClient]:
 
 def test_run_get_cancel(client: SkyvernClient, sim: tuple[str, SimulatorState]) -> None:
     _, state = sim
-    seed = {"agent_id": "wpid_1", "parameters": {"email": "a@b.c"}, "title": "t", "proxy_location": "RESIDENTIAL",
+    seed = {"agent_id": AGENT, "parameters": {"email": "a@b.c"}, "title": "t", "proxy_location": "RESIDENTIAL",
             "totp_identifier": "a@b.c", "run_metadata": {"k": "v"}, "max_elapsed_time_minutes": 5}
     run = client.run_agent(seed, max_steps=7)
     assert run["run_id"].startswith("wr_")
@@ -59,7 +58,7 @@ def test_run_get_cancel(client: SkyvernClient, sim: tuple[str, SimulatorState]) 
 
 def test_push_and_list(client: SkyvernClient, sim: tuple[str, SimulatorState]) -> None:
     _, state = sim
-    run = client.run_agent({"agent_id": "wpid_1"})
+    run = client.run_agent({"agent_id": AGENT})
     expires = datetime(2030, 1, 1, 12, 0, 30, tzinfo=timezone(timedelta(hours=2)))
     row = client.push_code("Bob@Example.com", "012345", expired_at=expires, workflow_run_id=run["run_id"])
     assert row["code"] == "012345" and row["totp_identifier"] == "bob@example.com"
@@ -78,7 +77,7 @@ def test_empty_code_refused_locally(client: SkyvernClient, sim: tuple[str, Simul
 
 def test_429_with_retry_after_and_5xx_survived(client: SkyvernClient, sim: tuple[str, SimulatorState]) -> None:
     _, state = sim
-    run = client.run_agent({"agent_id": "wpid_1"})
+    run = client.run_agent({"agent_id": AGENT})
     state.add_fault("/v1/runs/", 429, 1, retry_after=1)
     state.add_fault("/v1/runs/", 503, 1)
     started = time.monotonic()
@@ -93,7 +92,7 @@ def test_429_with_retry_after_and_5xx_survived(client: SkyvernClient, sim: tuple
 def test_read_timeout_on_reads_is_retried(sim: tuple[str, SimulatorState]) -> None:
     base, state = sim
     with SkyvernClient(base, API_KEY, timeout=0.3, backoff=0.01) as skyvern:
-        run = skyvern.run_agent({"agent_id": "wpid_1"})
+        run = skyvern.run_agent({"agent_id": AGENT})
         state.add_fault("/v1/runs/", None, 1, delay=1.0)
         assert skyvern.get_run(run["run_id"])["run_id"] == run["run_id"]
 
@@ -102,7 +101,7 @@ def test_run_start_not_retried_on_5xx(client: SkyvernClient, sim: tuple[str, Sim
     _, state = sim
     state.add_fault("/v1/run/agents", 500, 1, after=True)
     with pytest.raises(SkyvernRunStartUnknown) as caught:
-        client.run_agent({"agent_id": "wpid_1"})
+        client.run_agent({"agent_id": AGENT})
     assert caught.value.status_code == 500
     assert len(state.requests("/v1/run/agents")) == 1 and len(state.list_runs()) == 1
 
@@ -112,7 +111,7 @@ def test_run_start_not_retried_on_read_timeout(sim: tuple[str, SimulatorState]) 
     state.add_fault("/v1/run/agents", None, 1, delay=1.0, after=True)
     with SkyvernClient(base, API_KEY, timeout=0.3, backoff=0.01) as skyvern:
         with pytest.raises(SkyvernRunStartUnknown):
-            skyvern.run_agent({"agent_id": "wpid_1"})
+            skyvern.run_agent({"agent_id": AGENT})
     time.sleep(0.8)
     assert len(state.requests("/v1/run/agents")) == 1 and len(state.list_runs()) == 1
 
@@ -120,14 +119,14 @@ def test_run_start_not_retried_on_read_timeout(sim: tuple[str, SimulatorState]) 
 def test_run_start_retried_on_429(client: SkyvernClient, sim: tuple[str, SimulatorState]) -> None:
     _, state = sim
     state.add_fault("/v1/run/agents", 429, 1, retry_after=0)
-    client.run_agent({"agent_id": "wpid_1"})
+    client.run_agent({"agent_id": AGENT})
     assert len(state.requests("/v1/run/agents")) == 2 and len(state.list_runs()) == 1
 
 
 def test_connection_refused_retried_then_unavailable() -> None:
     with SkyvernClient(f"http://127.0.0.1:{free_port()}", API_KEY, max_retries=2, backoff=0.01) as skyvern:
         with pytest.raises(SkyvernUnavailable) as caught:
-            skyvern.run_agent({"agent_id": "wpid_1"})
+            skyvern.run_agent({"agent_id": AGENT})
     assert "3 attempts" in str(caught.value) and not isinstance(caught.value, SkyvernRunStartUnknown)
 
 
@@ -149,8 +148,13 @@ def test_errors_are_typed_and_clean(sim: tuple[str, SimulatorState], client: Sky
     assert "sk-wrong-key" not in repr(wrong) and API_KEY not in repr(client)
     with pytest.raises(SkyvernNotFound):
         client.get_run("wr_missing")
+    with pytest.raises(SkyvernNotFound) as unknown_agent:  # never saved: Skyvern's 404, and no run
+        client.run_agent({"agent_id": "wpid_nope", "totp_identifier": "bob"})
+    assert str(unknown_agent.value) == ("POST /v1/run/agents: not found "
+                                        "(Workflow not found. workflow_permanent_id=wpid_nope)")
+    assert sim[1].list_runs() == []
     with pytest.raises(SkyvernValidationError) as invalid:
-        client.run_agent({"agent_id": "wpid_1", "proxy_location": "MARS", "max_elapsed_time_minutes": 999})
+        client.run_agent({"agent_id": AGENT, "proxy_location": "MARS", "max_elapsed_time_minutes": 999})
     assert "proxy_location" in str(invalid.value) and "max_elapsed_time_minutes" in str(invalid.value)
     assert "MARS" not in str(invalid.value) and "\n" not in str(invalid.value)
     with pytest.raises(SkyvernValidationError) as bad_run:
@@ -160,10 +164,9 @@ def test_errors_are_typed_and_clean(sim: tuple[str, SimulatorState], client: Sky
 
 
 def test_blocked_host() -> None:
-    app = create_simulator_app([API_KEY], block_private_totp_url=True, **FAST)
-    with running_server(app) as base, SkyvernClient(base, API_KEY) as skyvern:
+    with simulator(block_private_totp_url=True, **FAST) as sim, SkyvernClient(sim.base, API_KEY) as skyvern:
         with pytest.raises(SkyvernBlockedHost) as caught:
-            skyvern.run_agent({"agent_id": "wpid_1", "totp_url": "http://localhost:8000/totp/x"})
+            skyvern.run_agent({"agent_id": AGENT, "totp_url": "http://localhost:8000/totp/x"})
     assert "Invalid totp_url: blocked host." in str(caught.value)
 
 

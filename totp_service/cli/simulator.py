@@ -80,6 +80,9 @@ def cmd_simulator(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Skyvern simulator on {base} (API key: {shown_key}); Ctrl-C stops it", flush=True)
     for path, wpid in agents:
         print(f"  agent {wpid}  from {path}", flush=True)
+    if not agents:
+        print("  no --agent: agent runs answer 404 (Workflow not found, as Skyvern does) until an agent is saved "
+              "with POST /v1/workflows", flush=True)
     if not args.secret_file:
         print("  no --secret-file: runs that ask for a code fail until a secret is added with POST /_sim/secrets",
               flush=True)
@@ -99,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--port", type=int, default=8000, help="port (default 8000, self-hosted Skyvern's)")
     sim.add_argument("--agent", action="append", metavar="FILE.json",
                      help="a saved agent: the json_definition POST /v1/workflows takes (repeatable); a top-level "
-                          "workflow_permanent_id keeps its id")
+                          "workflow_permanent_id keeps its id. Runs of any other agent answer 404, as on Skyvern")
     sim.add_argument("--secret-file", metavar="FILE", help="the login page's TOTP secret (otpauth URI or base32)")
     sim.add_argument("--code-wait", type=float, default=120.0, metavar="SECONDS",
                      help="how long a run waits for a code (Skyvern: 15 minutes)")

@@ -113,6 +113,14 @@ def _json_body(body: bytes) -> Any:
 # -- Skyvern API -----------------------------------------------------------------------------
 
 
+def _saved_agent(state: SimulatorState, agent_id: str) -> dict[str, Any]:
+    """A wpid_ defined with POST /v1/workflows; any other is Skyvern's 404 (WorkflowNotFound)."""
+    workflow = state.agent(agent_id)
+    if workflow is None:
+        raise RequestInvalid(404, f"Workflow not found. workflow_permanent_id={agent_id}")
+    return workflow
+
+
 async def _start_run(state: SimulatorState, request: Request, body: bytes, kind: str) -> Response:
     if failure := _auth_failure(state, request, credentials_route=False):
         return failure
@@ -125,12 +133,8 @@ async def _start_run(state: SimulatorState, request: Request, body: bytes, kind:
                 max_steps = int(max_steps_header) if max_steps_header is not None else None
             except ValueError:
                 raise RequestInvalid(422, "Invalid x-max-steps-override header") from None
-            workflow = state.agent(run_request["agent_id"])
-            known = state.options.known_agents
-            if workflow is None and known is not None and run_request["agent_id"] not in known:
-                raise RequestInvalid(404, f"Workflow not found. workflow_permanent_id={run_request['agent_id']}")
-            if workflow is not None:
-                values = parameter_values(workflow, run_request.get("parameters"))
+            workflow = _saved_agent(state, run_request["agent_id"])
+            values = parameter_values(workflow, run_request.get("parameters"))
         else:
             max_steps = run_request.get("max_steps")
     except RequestInvalid as exc:
@@ -164,10 +168,10 @@ async def _get_agent(state: SimulatorState, request: Request, body: bytes) -> Re
     if failure := _auth_failure(state, request, credentials_route=False):
         return failure
     agent_id = request.path_params["agent_id"]
-    workflow = state.agent(agent_id)
-    if workflow is None:
-        return _detail(404, f"Workflow not found. workflow_permanent_id={agent_id}")
-    return JSONResponse(workflow)
+    try:
+        return JSONResponse(_saved_agent(state, agent_id))
+    except RequestInvalid as exc:
+        return _detail(exc.status, exc.detail)
 
 
 async def _run_agent(state: SimulatorState, request: Request, body: bytes) -> Response:
@@ -356,8 +360,6 @@ def create_simulator_app(
 ) -> Starlette:
     """Build the simulator; ``options`` are ``SimulatorOptions`` fields (timings in seconds)."""
     if state is None:
-        if "known_agents" in options and options["known_agents"] is not None:
-            options["known_agents"] = tuple(options["known_agents"])
         state = SimulatorState(api_keys, SimulatorOptions(**options))
 
     def api(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:

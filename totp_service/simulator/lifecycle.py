@@ -29,7 +29,7 @@ class LoginStep:
     """One task meeting the site's 2FA prompt, with the sources Skyvern gave that task."""
 
     task_id: str
-    label: str | None  # the block's label (None: a task run, or a legacy agent)
+    label: str | None  # the block's label (None: a task run)
     url: str | None
     identifier: str | None
 
@@ -44,11 +44,11 @@ class _RunFails(Exception):
 
 
 def login_steps(sim_run: SimRun) -> list[LoginStep]:
-    """The tasks that meet the 2FA prompt, in order. A saved agent: its asking blocks (or its first
-    login-capable block, which then has no TOTP source); otherwise the run itself with its run-level fields."""
-    if sim_run.workflow is None:
-        task_id = sim_run.run_id if sim_run.run_type != "workflow_run" else f"tsk_{_secrets.token_hex(8)}"
-        return [LoginStep(task_id, None, sim_run.request.get("totp_url"), sim_run.request.get("totp_identifier"))]
+    """The tasks that meet the 2FA prompt, in order. An agent run: its agent's asking blocks (or its first
+    login-capable block, which then has no TOTP source); a task run: the task itself with its own fields."""
+    if sim_run.workflow is None:  # a task run (every agent run has its saved agent)
+        request = sim_run.request
+        return [LoginStep(sim_run.run_id, None, request.get("totp_url"), request.get("totp_identifier"))]
     blocks = asking_blocks(sim_run.workflow) or [
         b for b in walk_blocks(sim_run.workflow["workflow_definition"]["blocks"])
         if b.get("block_type") in LOGIN_CAPABLE][:1]

@@ -42,8 +42,6 @@ class SimulatorOptions:
     totp_lifespan: float = 600.0  # Skyvern: TOTP_LIFESPAN_MINUTES = 10; older pushed codes are never taken
     block_private_totp_url: bool = False  # True = behave like cloud Skyvern (400 blocked host)
     reject_replayed_codes: bool = True  # the "site" refuses a code already used in its window
-    known_agents: tuple[str, ...] | None = None  # None = every wpid_ exists (one not defined with
-    # POST /v1/workflows is a legacy stand-in whose login reads the run-level fields: real Skyvern 404s)
     app_url: str = "https://app.skyvern.com"
 
 

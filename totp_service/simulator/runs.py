@@ -101,8 +101,8 @@ class SimRun:
     api_key: str  # the org key the run was started with: it signs the totp_url polls
     request: dict[str, Any]
     max_steps: int | None
-    workflow: dict[str, Any] | None = None  # a defined agent's definition (None: a task or a legacy agent)
-    values: dict[str, Any] = field(default_factory=dict)  # the run's parameter values (defined agents)
+    workflow: dict[str, Any] | None = None  # an agent run's saved agent (None: a task run)
+    values: dict[str, Any] = field(default_factory=dict)  # an agent run's parameter values
     created_at: datetime = field(default_factory=_now)
     status: str = "created"
     modified_at: datetime = field(default_factory=_now)
@@ -113,7 +113,7 @@ class SimRun:
     failure_reason: str | None = None
     totp_answers: list[str] = field(default_factory=list)  # what totp_url answered, in order
     code_source: str | None = None  # "totp_url" | "pushed"
-    block_tasks: list[dict[str, Any]] = field(default_factory=list)  # defined agents: each block's task
+    block_tasks: list[dict[str, Any]] = field(default_factory=list)  # each login step's task
 
     @property
     def anchored(self) -> bool:
@@ -268,6 +268,8 @@ class SimulatorState:
     def create_run(self, kind: str, request: dict[str, Any], api_key: str, max_steps: int | None,
                    workflow: dict[str, Any] | None = None, values: dict[str, Any] | None = None) -> SimRun:
         if kind == "agent":
+            if workflow is None:
+                raise ValueError("an agent run needs its saved agent (Skyvern answers 404 Workflow not found)")
             prefix, run_type = "wr_", "workflow_run"
         elif request.get("engine") == "skyvern-2.0":
             prefix, run_type = "tsk_v2_", "task_v2"
