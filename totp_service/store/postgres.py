@@ -53,7 +53,6 @@ from totp_service.store.base import (
     open_spec,
     seal_spec,
 )
-
 from totp_service.store.postgres_schema import (
     CHANNEL,
     MIGRATION_LOCK,
@@ -87,7 +86,7 @@ class PostgresStore(Store):
 
     def __init__(self, url: str, key: crypto.MasterKey, *, create: bool = False,
                  meta: dict[str, bytes] | None = None, pool_size: int = 4) -> None:
-        self.url = url
+        self._url = url  # may hold a password: never shown (self.path is the redacted form)
         self.path = redact(url)
         self._key = key
         self._listener: _Listener | None = None
@@ -169,7 +168,7 @@ class PostgresStore(Store):
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError) as exc:
             if self._listener is not None:
                 self._reachable = False  # the listener sets it back once a query succeeds
-            raise unreachable(self.url, exc) from None
+            raise unreachable(self._url, exc) from None
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
@@ -465,7 +464,7 @@ class _Listener(threading.Thread):
     def run(self) -> None:
         while not self._stopping.is_set():
             try:
-                with connect(self._store.url, "totp-service listener") as conn:
+                with connect(self._store._url, "totp-service listener") as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._store._pool.check()  # connections broken while the database was gone are replaced
                     while not self._stopping.is_set():
