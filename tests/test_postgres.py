@@ -154,3 +154,17 @@ def test_replicas_running_init_together_both_succeed(pg_url: str, tmp_path) -> N
     for t in threads:
         t.join()
     assert sorted(results, key=str) == [False, False, True]
+
+
+def test_the_launchers_local_code_source_shares_claims_with_the_service(pg_url: str) -> None:
+    from totp_service.launcher.pusher import LocalCodeSource
+
+    key = crypto.MasterKey.generate()
+    postgres.PostgresStore(pg_url, key, create=True).close()
+    with postgres.PostgresStore(pg_url, key) as launcher_side, postgres.PostgresStore(pg_url, key) as service_side:
+        launcher_side.put_secret("alice", spec_from_base32(B32))
+        source = LocalCodeSource(launcher_side, "alice", min_validity=0)
+        window = source.current(time.time())
+        assert source.claim(window, "wr_1", "workflow_run_id")
+        assert service_side.write_audit([(_served(), ("alice", window.window_id))]) == [False]  # taken: no reuse
+        assert [e.outcome for e in service_side.read_audit("alice")] == ["window_taken", "pushed"]

@@ -1,4 +1,5 @@
-"""`store copy` SQLite -> PostgreSQL -> SQLite with every row and code compared; `store verify`."""
+"""`store copy` SQLite -> PostgreSQL -> SQLite with every row and code compared; `store verify`; every
+store command on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -94,3 +95,26 @@ def _key(path: Path):
     return crypto.load_key_file(path)
 
 
+
+
+def test_every_store_command_on_postgresql(run_cli, data_dir: Path, tmp_path: Path, pg_url: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOTP_SERVICE_DATABASE_URL", pg_url)
+    init = run_cli("init")
+    assert init.code == 0 and "created store postgresql://" in init.out, init.err
+    assert run_cli("init").code == 0  # again: nothing changes
+    assert run_cli("secret", "add", "alice@example.com", "--stdin", stdin=BASE32 + "\n").code == 0
+    assert "alice@example.com" in run_cli("secret", "list").out
+    assert run_cli("secret", "show", "alice@example.com").code == 0
+    code = run_cli("code", "alice@example.com", "--at", "1000", "--json")
+    assert code.code == 0 and otp.code_at(spec_from_base32(BASE32), 1000) in code.out
+    rotated = run_cli("rotate-key", "--new-key-file", str(tmp_path / "new.key"))
+    assert rotated.code == 0, rotated.err
+    monkeypatch.setenv("TOTP_SERVICE_MASTER_KEY", (tmp_path / "new.key").read_text().strip())
+    assert otp.code_at(spec_from_base32(BASE32), 1000) in run_cli("code", "alice@example.com", "--at", "1000").out
+    assert run_cli("audit", "--json").code == 0
+    assert run_cli("audit", "export").code == 0
+    assert run_cli("secret", "remove", "alice@example.com").code == 0
+    assert "no secrets stored" in run_cli("secret", "list").out
+    for text in (BASE32, "hunter"):
+        assert text not in init.out + code.out + rotated.out
