@@ -114,20 +114,45 @@ class AuditWriter:
                 return
 
     async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        items = [(entry, claim) for entry, claim, _ in batch]
         try:
-            if self._executor is None:
-                results = self._write(items)
-            else:
-                results = await loop.run_in_executor(self._executor, self._write, items)
-        except Exception as exc:  # any failure: every request in the batch gets no code
-            log.error("audit write failed (%s); %d request(s) refused", exc.__class__.__name__, len(batch))
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(AuditUnavailable())
+            results = await self._write_items(loop, [(entry, claim) for entry, claim, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch, exc)
+                return
+            # one row that cannot be written must not fail the others in its batch: one by one
+            failed: list[_Pending] = []
+            error: Exception = exc
+            for pending in batch:
+                try:
+                    (fresh,) = await self._write_items(loop, [pending[:2]])
+                except Exception as single:
+                    failed.append(pending)
+                    error = single
+                else:
+                    self._resolve([pending], [fresh])
+            if failed:
+                self._fail(failed, error)
             return
+        self._resolve(batch, results)
+
+    async def _write_items(self, loop: asyncio.AbstractEventLoop, items: list[tuple[Row, tuple[str, int] | None]]
+                           ) -> list[bool]:
+        if self._executor is None:
+            return self._write(items)
+        return await loop.run_in_executor(self._executor, self._write, items)
+
+    def _resolve(self, batch: list[_Pending], results: list[bool]) -> None:
         self.batches += 1
-        self.rows += len(items)
+        self.rows += len(batch)
         for (_, _, future), fresh in zip(batch, results):
             if not future.done():
                 future.set_result(fresh)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: Exception) -> None:
+        """Every request in `batch` gets no code."""
+        log.error("audit write failed (%s); %d request(s) refused", exc.__class__.__name__, len(batch))
+        for _, _, future in batch:
+            if not future.done():
+                future.set_exception(AuditUnavailable())
