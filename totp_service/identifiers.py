@@ -28,7 +28,27 @@ def check_identifier(identifier: str) -> str:
         raise InvalidIdentifier("the identifier is empty")
     if len(identifier) > MAX_IDENTIFIER_LENGTH or any(ord(c) < 32 for c in identifier):
         raise InvalidIdentifier("the identifier is too long or holds control characters")
+    if not _is_text(identifier) or "\ufffd" in identifier:  # U+FFFD: a path that was not UTF-8
+        raise InvalidIdentifier("the identifier is not valid UTF-8 text")
     return normalize_identifier(identifier)
+
+
+def _is_text(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's \\ud800, or a command-line argument that
+    was not UTF-8): no store can hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_run_id(ref: str) -> str:
+    if not ref.strip():
+        raise InvalidIdentifier("the run id is empty")
+    if len(ref) > MAX_IDENTIFIER_LENGTH or not _is_text(ref):
+        raise InvalidIdentifier(f"the run id must be UTF-8 text of at most {MAX_IDENTIFIER_LENGTH} characters")
+    return ref
 
 
 def check_agent_id(agent_id: str) -> str:

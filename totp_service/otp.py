@@ -6,6 +6,8 @@ about what makes a code wrong (unknown algorithm, digits, period). No message ho
 
 from __future__ import annotations
 
+import re
+
 import base64
 import hashlib
 from collections.abc import Callable
@@ -55,6 +57,19 @@ def validate(spec: TotpSpec) -> None:
         raise OtpFormatError(f"digits must be 6, 7 or 8 (got {spec.digits})")
     if not isinstance(spec.period, int) or not 0 < spec.period <= MAX_PERIOD_SECONDS:
         raise OtpFormatError(f"period must be between 1 and {MAX_PERIOD_SECONDS} seconds (got {spec.period})")
+    for name, text in (("issuer", spec.issuer), ("account", spec.account)):
+        if text is not None and (not isinstance(text, str) or len(text) > MAX_LABEL_CHARS or not is_unicode(text)):
+            raise OtpFormatError(f"the {name} must be UTF-8 text of at most {MAX_LABEL_CHARS} characters")
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_LABEL_CHARS = 512
+
+
+def is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate: from JSON's \\ud800, or from bytes that were not
+    UTF-8 (Python's surrogateescape for command-line arguments). Such a string cannot be stored."""
+    return text.isascii() or SURROGATE.search(text) is None
 
 
 # --- codes and windows ---------------------------------------------------------------------

@@ -224,7 +224,7 @@ def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--digits", type=int, help="6 (default), 7 or 8 (with a bare base32 secret)")
     add.add_argument("--period", type=int, help="seconds per code, default 30 (with a bare base32 secret)")
     add.add_argument("--allow-agent", action="append", metavar="WPID", help="only this agent may get codes")
-    add.add_argument("--min-validity", type=float, metavar="SECONDS", help="override codes.min_validity_seconds")
+    add.add_argument("--min-validity", type=seconds, metavar="SECONDS", help="override codes.min_validity_seconds")
     add.add_argument("--replace", action="store_true", help="overwrite an existing secret")
     add.add_argument("--json", action="store_true")
     add.set_defaults(handler=cmd_secret_add)
@@ -259,6 +259,17 @@ def _subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.Argume
             for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
                 found += [child, *_subcommand_parsers(child)]
     return found
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more (not nan, inf or -5)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds from 0 to 86400")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,6 +343,9 @@ def _warn_unsafe_files(args: argparse.Namespace, settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)  # anything we create (WAL files, keys) is owner-only
     parser = build_parser()
+    for argument in sys.argv[1:] if argv is None else argv:
+        if not otp.is_unicode(argument):  # bytes that were not UTF-8 (surrogate-escaped by Python)
+            parser.error(f"the argument {argument.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8")
     args = parser.parse_args(argv)
     try:
         overrides = {"data_dir": Path(args.data_dir).expanduser()} if args.data_dir else None

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -248,18 +249,22 @@ class _WorkerServer(uvicorn.Server):
 def parse_since(text: str, now: float | None = None) -> float:
     """ISO 8601 (no zone = UTC), unix seconds, or an age such as 30m, 2h, 7d."""
     text = text.strip()
+    usage = f"--since takes an ISO 8601 time, unix seconds or an age like 30m, 2h, 7d (got {text!r})"
     match = _RELATIVE.fullmatch(text)
-    if match:
-        return (time.time() if now is None else now) - float(match.group(1)) * _UNITS[match.group(2)]
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--since takes an ISO 8601 time, unix seconds or an age like 30m, 2h, 7d (got {text!r})") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+        if match:
+            since = (time.time() if now is None else now) - float(match.group(1)) * _UNITS[match.group(2)]
+        else:
+            try:
+                since = float(text)
+            except ValueError:
+                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                since = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+    except (ValueError, OverflowError):
+        raise UsageError(usage) from None
+    if not math.isfinite(since):
+        raise UsageError(usage)
+    return since
 
 
 def _iso(ts: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from totp_service.service.http import (
     Forbidden,
     NotFound,
     Unauthorized,
+    check_time,
     client_address,
     iso_utc,
     json_response,
@@ -42,6 +44,8 @@ from totp_service.store import (
 
 Handler = Callable[[Request, ServiceState], Awaitable[Response]]
 ADMIN_BODY_LIMIT = 64 * 1024
+MAX_SECONDS = 86400  # bound of a per-secret min_validity_seconds
+MAX_TTL_SECONDS = 10 * 366 * 86400  # a binding's ttl_seconds: ten years at most
 _SECRET_FIELDS = {"uri", "secret", "algorithm", "digits", "period", "issuer", "account",
                   "allowed_agents", "min_validity_seconds", "replace"}
 _BINDING_FIELDS = {"kind", "ref", "identifier", "expires_at", "ttl_seconds"}
@@ -121,9 +125,8 @@ async def put_secret(request: Request, state: ServiceState) -> Response:
     if not isinstance(agents, list) or not all(isinstance(a, str) for a in agents):
         raise BadRequest('"allowed_agents" must be a list of agent ids (wpid_…)')
     min_validity = data.get("min_validity_seconds")
-    if min_validity is not None and (isinstance(min_validity, bool) or not isinstance(min_validity, (int, float))
-                                     or min_validity < 0):
-        raise BadRequest('"min_validity_seconds" must be a number >= 0')
+    if min_validity is not None and not (_is_number(min_validity) and 0 <= min_validity <= MAX_SECONDS):
+        raise BadRequest(f'"min_validity_seconds" must be a number from 0 to {MAX_SECONDS}')
     replace = data.get("replace", False)
     if not isinstance(replace, bool):
         raise BadRequest('"replace" must be true or false')
@@ -164,18 +167,23 @@ async def list_secrets(request: Request, state: ServiceState) -> Response:
 # --- bindings --------------------------------------------------------------------------------
 
 
+def _is_number(value: Any) -> bool:
+    """A JSON number we can compute with (1e999 parses as infinity: not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _expiry(data: dict[str, Any]) -> float | None:
     expires_at, ttl = data.get("expires_at"), data.get("ttl_seconds")
     if expires_at is not None and ttl is not None:
         raise BadRequest('give "expires_at" or "ttl_seconds", not both')
     if ttl is not None:
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-            raise BadRequest('"ttl_seconds" must be a positive number')
+        if not (_is_number(ttl) and 0 < ttl <= MAX_TTL_SECONDS):
+            raise BadRequest(f'"ttl_seconds" must be a positive number of seconds, at most {MAX_TTL_SECONDS}')
         return time.time() + float(ttl)
     if expires_at is None:
         return None
-    if isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool):
-        return float(expires_at)
+    if _is_number(expires_at):
+        return check_time(float(expires_at), '"expires_at"')
     if isinstance(expires_at, str):
         return parse_time(expires_at, '"expires_at"')
     raise BadRequest('"expires_at" must be unix seconds or an ISO 8601 time')
@@ -194,6 +202,7 @@ async def post_binding(request: Request, state: ServiceState) -> Response:
         raise BadRequest('"ref" and "identifier" must be strings')
     expires_at = _expiry(data)
     with _store_errors():
+        identifier = check_identifier(identifier)
         if not state.store.has_secret(identifier):
             raise SecretNotFound(normalize_identifier(identifier))
         binding = await asyncio.to_thread(state.store.put_binding, kind, ref, identifier, expires_at)

@@ -101,20 +101,31 @@ def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: the last time every tool can print
+
+
+def check_time(value: float, what: str) -> float:
+    """A unix time that can be stored and shown: finite, from 1970 to the year 9999."""
+    if not 0 <= value <= MAX_TIME:  # also NaN
+        raise BadRequest(f"{what} must be a time between 1970 and the year 9999")
+    return value
+
+
 def parse_time(value: str, what: str) -> float:
     """Unix seconds or an ISO 8601 time (no zone = UTC)."""
     text = value.strip()
     try:
-        return float(text)
+        return check_time(float(text), what)
     except ValueError:
         pass
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        stamp = parsed.timestamp()
+    except (ValueError, OverflowError):
         raise BadRequest(f"{what} must be unix seconds or an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+    return check_time(stamp, what)
 
 
 def client_address(request: Request) -> str | None:

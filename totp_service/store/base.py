@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from totp_service import otp
-from totp_service.identifiers import InvalidIdentifier, check_agent_id, check_identifier
+from totp_service.identifiers import InvalidIdentifier, check_agent_id, check_identifier, check_run_id
 from totp_service.store import crypto
 
 CLAIM_RETENTION_SECONDS = 86400.0  # single-use claims older than this are pruned (their windows closed long ago)
@@ -115,8 +115,8 @@ def new_binding(kind: str, ref: str, identifier: str, expires_at: float | None =
         raise StoreError("a binding's kind is 'run' or 'agent'")
     if kind == "agent":
         check_agent_id(ref)
-    elif not ref.strip():
-        raise InvalidIdentifier("the run id is empty")
+    else:
+        check_run_id(ref)
     return Binding(kind, ref, check_identifier(identifier), expires_at, time.time())
 
 
