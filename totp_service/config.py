@@ -59,6 +59,10 @@ class ServerSettings:
     # unauthenticated pulls refused per client and window before the rest get 429 (service refusals)
     refusal_limit: int = 20
     refusal_window_seconds: float = 60.0
+    # a connection whose request head has not arrived this long after it opened (or after the
+    # request's first byte) is closed; at max_connections open ones, a new one gets 503
+    header_timeout_seconds: float = 10.0
+    max_connections: int = 2048
 
     @property
     def effective_public_url(self) -> str:
@@ -241,6 +245,9 @@ def _validate(settings: Settings) -> None:
     if settings.server.refusal_limit < 1 or not 1 <= settings.server.refusal_window_seconds <= 3600:
         raise ConfigError("server.refusal_limit must be at least 1 and server.refusal_window_seconds "
                           "between 1 and 3600")
+    if not 0.1 <= settings.server.header_timeout_seconds <= 300 or not 1 <= settings.server.max_connections <= 1_000_000:
+        raise ConfigError("server.header_timeout_seconds must be between 0.1 and 300, server.max_connections "
+                          "between 1 and 1000000")
     retention = settings.audit.retention_days
     if retention is not None and not 0 < retention <= 100 * 365:
         raise ConfigError("audit.retention_days must be a number of days above 0 (or null: keep everything)")

@@ -115,7 +115,7 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     server = settings.server
     options: dict[str, Any] = dict(host=server.host, port=server.port, log_config=None,
                                    access_log=server.access_log, server_header=False, lifespan="on",
-                                   timeout_graceful_shutdown=5,
+                                   timeout_graceful_shutdown=5, limit_concurrency=server.max_connections,
                                    proxy_headers=False,  # the app applies them (app.py)
                                    http=PullProtocol)  # pulls answered without ASGI, the rest by uvicorn
     if server.tls_cert:

@@ -27,10 +27,10 @@ from typing import Any, NamedTuple
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from totp_service.service.http import BodyTooLarge
+from totp_service.service.connections import HeadTimer, TimedHttpToolsProtocol, over_limit, refuse_overloaded
 from totp_service.service.pull import (
     JSON_HEADERS,
     SERVER_FAULT_BODY,
@@ -82,7 +82,10 @@ class PullProtocol(asyncio.Protocol):
         self._config, self._server_state, self._app_state = config, server_state, app_state
         self._loop = _loop or asyncio.get_event_loop()
         self._service: ServiceState = config.app.state.service  # type: ignore[union-attr]
-        self._limit = self._service.settings.server.max_body_bytes
+        server = self._service.settings.server
+        self._limit = server.max_body_bytes
+        self._max_connections = server.max_connections
+        self._head_timer = HeadTimer(self._loop, server.header_timeout_seconds)
         self._access_log = config.access_log and access_log.hasHandlers()
         self._parser = httptools.HttpRequestParser(self)
         self._parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn
@@ -123,13 +126,19 @@ class PullProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        if over_limit(self._server_state, self._max_connections):
+            self._discarding = True
+            refuse_overloaded(transport)
+            return
         self._server_state.connections.add(self)  # type: ignore[arg-type]
+        self._head_timer.start(transport)  # a connection that never sends a head is closed
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server_state.connections.discard(self)  # type: ignore[arg-type]
         self._cancel_idle_timer()
+        self._head_timer.stop()
         self._queue.clear()
         self._discarding = True
 
@@ -182,6 +191,7 @@ class PullProtocol(asyncio.Protocol):
         if self._discarding or self._handoff is not None:
             return
         self._in_message = self._in_head = True
+        self._head_timer.start(self._transport)
         self._head_bytes = self._unparsed_head_bytes = 0
         self._starts_chunk, self._next_starts_chunk = self._next_starts_chunk, False
         if not self._starts_chunk:
@@ -225,6 +235,7 @@ class PullProtocol(asyncio.Protocol):
         if self._discarding or self._handoff is not None:
             return
         self._in_head = False
+        self._head_timer.stop()
         parser = self._parser
         self._keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()  # as uvicorn
         if parser.get_method() == b"POST" and not parser.should_upgrade():
@@ -354,8 +365,10 @@ class PullProtocol(asyncio.Protocol):
         self._server_state.connections.discard(self)  # type: ignore[arg-type]
         if transport is None or transport.is_closing():
             return
-        protocol = HttpToolsProtocol(config=self._config, server_state=self._server_state,
-                                     app_state=self._app_state, _loop=self._loop)
+        self._head_timer.stop()
+        protocol = TimedHttpToolsProtocol(config=self._config, server_state=self._server_state,
+                                          app_state=self._app_state, _loop=self._loop)
+        protocol.time_heads(self._service.settings.server.header_timeout_seconds)
         protocol.connection_made(transport)
         transport.set_protocol(protocol)
         if self._read_paused:
@@ -401,5 +414,6 @@ class PullProtocol(asyncio.Protocol):
     def _close(self) -> None:
         self._discarding = True
         self._cancel_idle_timer()
+        self._head_timer.stop()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()

@@ -35,6 +35,7 @@ def running_server(
     if isinstance(app, TotpApp):  # as `serve` runs it
         options.setdefault("http", PullProtocol)
         options.setdefault("proxy_headers", False)  # the app applies server.trusted_proxies itself
+        options.setdefault("limit_concurrency", app.state.service.settings.server.max_connections)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="auto", **options)
     server = _ThreadServer(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
