@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from totp_service.otp import is_unicode
 from totp_service.service.http import BadRequest, Forbidden, NotFound
 
 BODY_FIELDS = ("task_id", "workflow_run_id", "workflow_permanent_id")
@@ -45,8 +46,8 @@ def parse_pull_body(data: Mapping[str, Any]) -> PullBody:
     values: dict[str, str | None] = {}
     for name in BODY_FIELDS:
         value = data.get(name)
-        if value is not None and (not isinstance(value, str) or len(value) > MAX_ID_CHARS):
-            raise BadRequest(f"{name} must be a string of at most {MAX_ID_CHARS} characters")
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_ID_CHARS or not is_unicode(value)):
+            raise BadRequest(f"{name} must be a string of at most {MAX_ID_CHARS} characters (UTF-8 text)")
         values[name] = value or None
     return PullBody(**values)
 
