@@ -42,7 +42,7 @@ from totp_service.service.http import (
 from totp_service.service.openapi import openapi_document
 from totp_service.service.pull import ServerFault, handle_pull, is_pull
 from totp_service.service.state import ServiceState
-from totp_service.store import Store, StoreUnavailable
+from totp_service.store import Store, StoreError, StoreUnavailable
 from totp_service.store.open import open_store
 
 Handler = Callable[[Request, ServiceState], Awaitable[Response]]
@@ -81,6 +81,12 @@ async def readyz(request: Request, state: ServiceState) -> Response:
         raise Unavailable(f"the store cannot be read ({exc.__class__.__name__})") from None
     if not state.audit.running:
         raise Unavailable("the audit writer is not running")
+    if state.audit.failing:
+        raise Unavailable("the last audit write failed: pulls are refused until one succeeds")
+    try:
+        await asyncio.to_thread(state.store.check_audit_writable)
+    except StoreError as exc:
+        raise Unavailable(str(exc)) from None
     return json_response({"status": "ready", "identifiers": count, "key_id": state.store.key_id})
 
 

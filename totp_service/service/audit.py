@@ -67,6 +67,7 @@ class AuditWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.rows = 0
+        self.failing = False  # the last write failed (readiness says so until one succeeds)
 
     @property
     def running(self) -> bool:
@@ -133,6 +134,7 @@ class AuditWriter:
                     self._resolve([pending], [fresh])
             if failed:
                 self._fail(failed, error)
+                self.failing = len(failed) == len(batch)  # one bad row: the store itself is fine
             return
         self._resolve(batch, results)
 
@@ -143,15 +145,16 @@ class AuditWriter:
         return await loop.run_in_executor(self._executor, self._write, items)
 
     def _resolve(self, batch: list[_Pending], results: list[bool]) -> None:
+        self.failing = False
         self.batches += 1
         self.rows += len(batch)
         for (_, _, future), fresh in zip(batch, results):
             if not future.done():
                 future.set_result(fresh)
 
-    @staticmethod
-    def _fail(batch: list[_Pending], exc: Exception) -> None:
+    def _fail(self, batch: list[_Pending], exc: Exception) -> None:
         """Every request in `batch` gets no code."""
+        self.failing = True
         log.error("audit write failed (%s); %d request(s) refused", exc.__class__.__name__, len(batch))
         for _, _, future in batch:
             if not future.done():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from totp_service import signing
@@ -72,11 +73,12 @@ class Trail:
     """What the audit row of one pull will say (slots: one small object per request)."""
 
     __slots__ = ("identifier", "client", "route", "path_identifier", "task_id", "workflow_run_id",
-                 "workflow_permanent_id")
+                 "workflow_permanent_id", "gone")
 
     def __init__(self, identifier: str | None, client: str | None, route: str, path_identifier: str | None) -> None:
         self.identifier, self.client, self.route, self.path_identifier = identifier, client, route, path_identifier
         self.task_id = self.workflow_run_id = self.workflow_permanent_id = None
+        self.gone: Callable[[], bool] | None = None  # True once the client has disconnected (set by the front end)
 
     def forwarded_by(self, state: ServiceState, forwarded_for: list[bytes]) -> None:
         """Name the client behind a trusted proxy (ServiceState.forwarded_client, uvicorn's rules)."""
@@ -117,14 +119,28 @@ async def handle_pull(state: ServiceState, scope: dict[str, Any], receive: Any, 
     except BodyTooLarge as exc:
         status, body, retry_after = await answer(state, trail, b"", None, None, refusal=exc)
     else:
+        watcher = asyncio.create_task(_watch_disconnect(receive, trail))
         try:
             status, body, retry_after = await answer(state, trail, raw, signature, timestamp)
         except Exception:  # never a traceback or a default HTML page to Skyvern
             await _answer(send, ServerFault.status, SERVER_FAULT_BODY)
             state.metrics.request(trail.route, ServerFault.status)
             raise
+        finally:
+            watcher.cancel()
     await _answer(send, status, body, retry_after)
     state.metrics.request(trail.route, status)
+
+
+async def _watch_disconnect(receive: Any, trail: Trail) -> None:
+    """Mark the trail gone when the ASGI server says the client disconnected (during a hold)."""
+    disconnected = False
+    trail.gone = lambda: disconnected
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            disconnected = True
+            return
 
 
 async def answer(state: ServiceState, trail: Trail, raw: bytes, signature: bytes | None, timestamp: bytes | None,
@@ -299,6 +315,11 @@ async def _pull(state: ServiceState, trail: Trail, raw: bytes, signature: bytes 
             state.reserve(identifier, counter, int(now) // spec.period)
         if decision.wait > 0:
             await asyncio.sleep(decision.wait + WINDOW_MARGIN_SECONDS)
+        if trail.gone is not None and trail.gone():  # no one to hand the code to: the window stays free
+            if claim:
+                state.release(identifier, counter)
+            await state.audit.submit(trail.entry("abandoned", "the client left before its code was ready"))
+            return 200, _EMPTY
         try:
             fresh = await state.audit.submit(trail.entry("served", "window %d" % counter), claim)
         except AuditUnavailable:

@@ -277,6 +277,7 @@ class PullProtocol(asyncio.Protocol):
 
     def _enqueue(self, body: bytes, refusal: BodyTooLarge | None, keep_alive: bool) -> None:
         trail = new_trail(self._path, self._client)
+        trail.gone = self._gone
         if self._forwarded is not None:
             trail.forwarded_by(self._service, self._forwarded)
         self._queue.append(QueuedPull(trail, body, self._signature, self._timestamp, refusal, keep_alive, self._url))
@@ -401,6 +402,10 @@ class PullProtocol(asyncio.Protocol):
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES:
             raise ValueError("request head too large")  # -> HttpParserCallbackError -> 400
+
+    def _gone(self) -> bool:
+        """The client has disconnected (or we closed): nobody would read an answer."""
+        return self._transport is None or self._transport.is_closing()
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -294,6 +294,11 @@ class Store(ABC):
     ) -> list[AuditEntry]: ...
 
     @abstractmethod
+    def check_audit_writable(self) -> None:
+        """Raise StoreError unless an audit row could be written now (written and rolled back:
+        readiness must not grow the store). Readiness includes it: no audit, no code."""
+
+    @abstractmethod
     def export_audit(self, since: float | None = None) -> Iterator[AuditEntry]:
         """Every audit row at or after `since`, oldest first, read in batches (a SIEM export)."""
 

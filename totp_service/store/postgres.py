@@ -291,7 +291,8 @@ class PostgresStore(Store):
         with self._transaction() as conn:
             if conn.execute("DELETE FROM secrets WHERE identifier = %s", (identifier,)).rowcount == 0:
                 raise SecretNotFound(identifier)
-            conn.execute("DELETE FROM served WHERE identifier = %s", (identifier,))
+            # its single-use claims stay (pruned with the others): a secret added again within the
+            # same window must not hand out a code that already went out
 
     def secrets_version(self) -> int:
         """A counter bumped on every change to any secret; from memory while the listener runs."""
@@ -424,6 +425,13 @@ class PostgresStore(Store):
         with self._conn() as conn:
             rows = conn.execute(query, (*args, limit)).fetchall()
         return [AuditEntry(*row) for row in rows]
+
+    def check_audit_writable(self) -> None:
+        try:
+            with self._conn() as conn, conn.transaction(force_rollback=True):
+                conn.execute("INSERT INTO audit (at, outcome) VALUES (%s, 'readiness probe')", (time.time(),))
+        except psycopg.Error as exc:
+            raise StoreError(f"an audit row cannot be written to {self.location} ({exc.__class__.__name__})") from None
 
     def export_audit(self, since: float | None = None, batch: int = 1000) -> Iterator[AuditEntry]:
         last_id = 0

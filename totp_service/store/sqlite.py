@@ -281,7 +281,8 @@ class SqliteStore(Store):
         with self._transaction() as conn:
             if conn.execute("DELETE FROM secrets WHERE identifier = ?", (identifier,)).rowcount == 0:
                 raise SecretNotFound(identifier)
-            conn.execute("DELETE FROM served WHERE identifier = ?", (identifier,))
+            # its single-use claims stay (pruned with the others): a secret added again within the
+            # same window must not hand out a code that already went out
 
     # --- key rotation --------------------------------------------------------------------
 
@@ -370,6 +371,17 @@ class SqliteStore(Store):
             with self._lock:
                 bound_wal(self._conn, self._wal)
         return results
+
+    def check_audit_writable(self) -> None:
+        try:
+            with self._lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.execute("INSERT INTO audit (at, outcome) VALUES (?, 'readiness probe')", (time.time(),))
+                finally:
+                    self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"an audit row cannot be written to {self.path} ({exc.__class__.__name__})") from None
 
     def export_audit(self, since: float | None = None, batch: int = 1000) -> Iterator[AuditEntry]:
         last_id = 0
