@@ -24,6 +24,7 @@ from totp_service.service.http import (
     Forbidden,
     NotFound,
     Unauthorized,
+    Unavailable,
     check_time,
     client_address,
     iso_utc,
@@ -37,6 +38,7 @@ from totp_service.store import (
     STORE_INPUT_ERRORS,
     AuditEntry,
     InvalidIdentifier,
+    KeyRotated,
     SecretExists,
     SecretNotFound,
     StoreUnavailable,
@@ -83,6 +85,8 @@ def _store_errors(identifier: str | None = None) -> Iterator[None]:
         raise Conflict(f'a secret for {identifier!r} already exists (send "replace": true)') from None
     except StoreUnavailable:
         raise  # 503, from the endpoint wrapper
+    except KeyRotated as exc:
+        raise Unavailable(str(exc)) from None
     except (otp.OtpFormatError, *STORE_INPUT_ERRORS) as exc:
         raise BadRequest(str(exc)) from None
 

@@ -84,6 +84,7 @@ async def readyz(request: Request, state: ServiceState) -> Response:
     if state.audit.failing:
         raise Unavailable("the last audit write failed: pulls are refused until one succeeds")
     try:
+        await asyncio.to_thread(state.store.check_key_current)
         await asyncio.to_thread(state.store.check_audit_writable)
     except StoreError as exc:
         raise Unavailable(str(exc)) from None

@@ -34,7 +34,7 @@ from totp_service.service.pull_rules import (
     resolve_identifier,
 )
 from totp_service.service.state import ServiceState
-from totp_service.store import SecretNotFound, StoreUnavailable
+from totp_service.store import KeyRotated, SecretNotFound, StoreUnavailable
 from totp_service.store.crypto import CryptoError
 
 WINDOW_MARGIN_SECONDS = 0.002  # wake just after a window opens, never just before
@@ -292,6 +292,8 @@ async def _pull(state: ServiceState, trail: Trail, raw: bytes, signature: bytes 
         cached = state.secret(identifier)
     except SecretNotFound:
         raise UnknownIdentifier(f"no secret for {identifier!r}") from None
+    except KeyRotated as exc:
+        raise Unavailable(str(exc)) from None
     except CryptoError as exc:
         raise ServerFault(str(exc)) from None
     meta, spec = cached.meta, cached.spec

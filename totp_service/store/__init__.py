@@ -12,6 +12,7 @@ from totp_service.store.base import (
     AuditEntry,
     Binding,
     Claim,
+    KeyRotated,
     SchemaTooNew,
     SecretExists,
     SecretMeta,
@@ -26,6 +27,6 @@ from totp_service.store.base import (
 
 __all__ = [
     "CLAIM_PRUNE_INTERVAL_SECONDS", "CLAIM_RETENTION_SECONDS", "STORE_INPUT_ERRORS", "AuditEntry", "Binding",
-    "Claim", "InvalidIdentifier", "SchemaTooNew", "SecretExists", "SecretMeta", "SecretNotFound", "Store",
-    "StoreBusy", "StoreError", "StoreExists", "StoreMissing", "StoreUnavailable",
+    "Claim", "InvalidIdentifier", "KeyRotated", "SchemaTooNew", "SecretExists", "SecretMeta", "SecretNotFound",
+    "Store", "StoreBusy", "StoreError", "StoreExists", "StoreMissing", "StoreUnavailable",
 ]

@@ -63,6 +63,14 @@ class SchemaTooNew(StoreError):
     pass
 
 
+class KeyRotated(StoreError):
+    """Another process rotated the master key: this one must not seal (or open) with its old key."""
+
+    def __init__(self) -> None:
+        super().__init__("the master key was rotated by another process and this one still holds the old key; "
+                         "restart it with the new key (nothing was written)")
+
+
 class SecretExists(StoreError):
     def __init__(self, identifier: str) -> None:
         super().__init__(f"a secret for {identifier!r} already exists (use --replace to overwrite it)")
@@ -292,6 +300,13 @@ class Store(ABC):
     def read_audit(
         self, identifier: str | None = None, since: float | None = None, limit: int = 100
     ) -> list[AuditEntry]: ...
+
+    @abstractmethod
+    def check_key_current(self) -> None:
+        """Raise KeyRotated when the store's key check value is no longer this process's key.
+
+        Every write that seals checks it in its own transaction, so no sequence of commands can
+        leave a row sealed under a key the store no longer names (issue 11, item 4)."""
 
     @abstractmethod
     def check_audit_writable(self) -> None:

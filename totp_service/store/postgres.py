@@ -37,6 +37,7 @@ from totp_service.store.base import (
     COPY_TABLES,
     AuditEntry,
     Binding,
+    KeyRotated,
     Claim,
     Rows,
     SchemaTooNew,
@@ -243,6 +244,7 @@ class PostgresStore(Store):
                        if replace else "")
         try:
             with self._transaction() as conn:
+                self._check_key_on(conn)  # never seal under a key that another process has rotated away
                 if not replace:
                     taken = conn.execute("SELECT identifier FROM secrets WHERE identifier = ANY(%s) "
                                          "ORDER BY identifier LIMIT 1", ([r[0] for r in rows],)).fetchone()
@@ -263,7 +265,21 @@ class PostgresStore(Store):
         row = self._one("SELECT sealed FROM secrets WHERE identifier = %s", (identifier,))
         if row is None:
             raise SecretNotFound(identifier)
-        return open_spec(self._key, identifier, bytes(row[0]))
+        try:
+            return open_spec(self._key, identifier, bytes(row[0]))
+        except crypto.CryptoError:
+            self.check_key_current()  # a rotation elsewhere says so; else the row itself is bad
+            raise
+
+    def check_key_current(self) -> None:
+        with self._conn() as conn:
+            self._check_key_on(conn)
+
+    def _check_key_on(self, conn: psycopg.Connection[Any]) -> None:
+        """FOR SHARE: a rotation committing meanwhile is waited for, then seen."""
+        row = conn.execute("SELECT value FROM meta WHERE name = 'key_id' FOR SHARE").fetchone()
+        if row is not None and bytes(row[0]).decode("ascii", "replace") != self._key.key_id:
+            raise KeyRotated()
 
     @staticmethod
     def _meta_from_row(row: Sequence[Any]) -> SecretMeta:
@@ -308,6 +324,7 @@ class PostgresStore(Store):
     def rotate_key(self, new_key: crypto.MasterKey, meta: dict[str, bytes] | None = None) -> int:
         """Re-seal every row under `new_key` in one transaction; afterwards the old key opens nothing."""
         with self._transaction() as conn:
+            self._check_key_on(conn)
             rows = conn.execute("SELECT identifier, sealed FROM secrets FOR UPDATE").fetchall()
             resealed = [(new_key.key_id, seal_spec(new_key, ident, open_spec(self._key, ident, bytes(sealed))), ident)
                         for ident, sealed in rows]

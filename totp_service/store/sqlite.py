@@ -27,6 +27,7 @@ from totp_service.store.base import (
     Binding,
     COPY_TABLES,
     Claim,
+    KeyRotated,
     Rows,
     SchemaTooNew,
     SecretExists,
@@ -217,6 +218,7 @@ class SqliteStore(Store):
                  spec.digits, spec.period, spec.issuer, spec.account, agents, min_validity_seconds, now, now)
             )
         with self._transaction() as conn:
+            self._check_key_on(conn)  # never seal under a key that another process has rotated away
             if not replace:
                 for row in rows:
                     if conn.execute("SELECT 1 FROM secrets WHERE identifier = ?", (row[0],)).fetchone():
@@ -240,7 +242,20 @@ class SqliteStore(Store):
             row = self._conn.execute("SELECT sealed FROM secrets WHERE identifier = ?", (identifier,)).fetchone()
         if row is None:
             raise SecretNotFound(identifier)
-        return open_spec(self._key, identifier, bytes(row[0]))
+        try:
+            return open_spec(self._key, identifier, bytes(row[0]))
+        except crypto.CryptoError:
+            self.check_key_current()  # a rotation elsewhere says so; else the row itself is bad
+            raise
+
+    def check_key_current(self) -> None:
+        with self._lock:
+            self._check_key_on(self._conn)
+
+    def _check_key_on(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'key_id'").fetchone()
+        if row is not None and bytes(row[0]).decode("ascii", "replace") != self._key.key_id:
+            raise KeyRotated()
 
     _META_COLUMNS = ("identifier, algorithm, digits, period, issuer, account, allowed_agents, "
                      "min_validity_seconds, key_id, created_at, updated_at")
@@ -289,6 +304,7 @@ class SqliteStore(Store):
     def rotate_key(self, new_key: crypto.MasterKey, meta: dict[str, bytes] | None = None) -> int:
         """Re-seal every row under `new_key` in one transaction; afterwards the old key opens nothing."""
         with self._transaction() as conn:
+            self._check_key_on(conn)
             rows = conn.execute("SELECT identifier, sealed FROM secrets").fetchall()
             resealed = [
                 (new_key.key_id, seal_spec(new_key, ident, open_spec(self._key, ident, bytes(sealed))), ident)
