@@ -381,3 +381,33 @@ def test_audit_counts_export_retention_and_unstorable_text(opened) -> None:
     assert [e.count for e in s.read_audit()] == [1, 41, 1]
     assert s.prune_audit(250.0) == 2
     assert [e.at for e in s.read_audit()] == [300.0]
+
+
+def test_an_instance_whose_key_was_rotated_elsewhere_writes_nothing(opened) -> None:
+    backend, s = opened
+    s.put_secret("alice", _spec())
+    s.check_key_current()
+    with open_store(backend.settings()) as other:  # another process rotates
+        other.rotate_key(crypto.MasterKey.generate())
+    before = backend.snapshot()["rows"]
+    with pytest.raises(store.KeyRotated):
+        s.put_secret("bob", _spec())
+    with pytest.raises(store.KeyRotated):
+        s.put_secret("alice", _spec(OTHER_B32), replace=True)
+    with pytest.raises(store.KeyRotated):
+        s.get_spec("alice")
+    with pytest.raises(store.KeyRotated):
+        s.check_key_current()
+    assert backend.snapshot()["rows"] == before
+
+
+def test_claims_outlive_a_removed_secret_and_readiness_probe_writes_nothing(opened) -> None:
+    backend, s = opened
+    s.put_secret("alice", _spec())
+    assert s.write_audit([(_served(), ("alice", 7))]) == [True]
+    s.remove_secret("alice")
+    s.put_secret("alice", _spec())
+    assert s.write_audit([(_served(), ("alice", 7))]) == [False]  # that window's code went out already
+    before = backend.snapshot()["rows"]
+    s.check_audit_writable()
+    assert backend.snapshot()["rows"] == before
