@@ -186,6 +186,20 @@ class Store(ABC):
     transaction: all of it, or nothing.
     """
 
+    _key: crypto.MasterKey  # the master key it was opened with (set by every backend)
+
+    def _open(self, identifier: str, sealed: bytes) -> otp.TotpSpec:
+        """open_spec; a row that no longer opens because another process rotated the key raises KeyRotated."""
+        try:
+            return open_spec(self._key, identifier, sealed)
+        except crypto.CryptoError:
+            self.check_key_current()
+            raise
+
+    def url_token(self, identifier: str | None) -> str:
+        """The `?k=` token of the totp_url for a (normalised) identifier, or of the bound form (None)."""
+        return self._key.url_token(identifier)
+
     slow_commits = False  # True when a commit is a network round trip: audit writes then leave the event loop
 
     @property
@@ -261,7 +275,8 @@ class Store(ABC):
     def has_secret(self, identifier: str) -> bool: ...
 
     @abstractmethod
-    def remove_secret(self, identifier: str) -> None: ...
+    def remove_secret(self, identifier: str) -> None:
+        """Its single-use claims stay (pruned with the others): added again, it must not serve a code twice."""
 
     @abstractmethod
     def secrets_version(self) -> int:

@@ -58,6 +58,18 @@ class MasterKey:
         """A short public fingerprint: tells which key sealed a row without revealing the key."""
         return hmac.new(self.key, b"totp-service key id", hashlib.sha256).hexdigest()[:16]
 
+    def url_token(self, identifier: str | None) -> str:
+        """The token a totp_url carries (`?k=`): for `identifier`, or for the bound form (None).
+
+        Derived from the master key, so every process holding the key hands out and checks the
+        same tokens without storing any; a new master key gives new tokens (URLs must be handed
+        out again after `rotate-key`). 128 bits, URL-safe.
+        """
+        subkey = hmac.new(self.key, b"totp-service url token v1", hashlib.sha256).digest()
+        label = b"bound\0" if identifier is None else b"identifier\0" + identifier.encode("utf-8")
+        mac = hmac.new(subkey, label, hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
     @classmethod
     def generate(cls) -> MasterKey:
         return cls(AESGCM.generate_key(bit_length=256))

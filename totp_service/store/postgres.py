@@ -37,7 +37,6 @@ from totp_service.store.base import (
     COPY_TABLES,
     AuditEntry,
     Binding,
-    KeyRotated,
     Claim,
     Rows,
     SchemaTooNew,
@@ -54,6 +53,7 @@ from totp_service.store.base import (
     open_spec,
     seal_spec,
 )
+from totp_service.store.postgres_checks import PostgresChecks
 from totp_service.store.postgres_schema import (
     CHANNEL,
     MIGRATION_LOCK,
@@ -80,7 +80,7 @@ AUDIT_PRUNE_BATCH = 10_000  # audit rows deleted per transaction
 T = TypeVar("T")
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresChecks, Store):
     """The store on PostgreSQL; one instance per process, safe to share between threads."""
 
     slow_commits = True  # a commit is a network round trip: the audit writer runs it off the event loop
@@ -265,21 +265,7 @@ class PostgresStore(Store):
         row = self._one("SELECT sealed FROM secrets WHERE identifier = %s", (identifier,))
         if row is None:
             raise SecretNotFound(identifier)
-        try:
-            return open_spec(self._key, identifier, bytes(row[0]))
-        except crypto.CryptoError:
-            self.check_key_current()  # a rotation elsewhere says so; else the row itself is bad
-            raise
-
-    def check_key_current(self) -> None:
-        with self._conn() as conn:
-            self._check_key_on(conn)
-
-    def _check_key_on(self, conn: psycopg.Connection[Any]) -> None:
-        """FOR SHARE: a rotation committing meanwhile is waited for, then seen."""
-        row = conn.execute("SELECT value FROM meta WHERE name = 'key_id' FOR SHARE").fetchone()
-        if row is not None and bytes(row[0]).decode("ascii", "replace") != self._key.key_id:
-            raise KeyRotated()
+        return self._open(identifier, bytes(row[0]))
 
     @staticmethod
     def _meta_from_row(row: Sequence[Any]) -> SecretMeta:
@@ -307,8 +293,6 @@ class PostgresStore(Store):
         with self._transaction() as conn:
             if conn.execute("DELETE FROM secrets WHERE identifier = %s", (identifier,)).rowcount == 0:
                 raise SecretNotFound(identifier)
-            # its single-use claims stay (pruned with the others): a secret added again within the
-            # same window must not hand out a code that already went out
 
     def secrets_version(self) -> int:
         """A counter bumped on every change to any secret; from memory while the listener runs."""
@@ -442,13 +426,6 @@ class PostgresStore(Store):
         with self._conn() as conn:
             rows = conn.execute(query, (*args, limit)).fetchall()
         return [AuditEntry(*row) for row in rows]
-
-    def check_audit_writable(self) -> None:
-        try:
-            with self._conn() as conn, conn.transaction(force_rollback=True):
-                conn.execute("INSERT INTO audit (at, outcome) VALUES (%s, 'readiness probe')", (time.time(),))
-        except psycopg.Error as exc:
-            raise StoreError(f"an audit row cannot be written to {self.location} ({exc.__class__.__name__})") from None
 
     def export_audit(self, since: float | None = None, batch: int = 1000) -> Iterator[AuditEntry]:
         last_id = 0
