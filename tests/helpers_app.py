@@ -38,6 +38,9 @@ def make_settings(tmp_path: Path, **codes: Any) -> Settings:
     settings.codes.min_validity_seconds = codes.pop("min_validity_seconds", 0.0)
     settings.codes.max_hold_seconds = codes.pop("max_hold_seconds", 0.0)
     settings.codes.single_use = codes.pop("single_use", False)
+    # pulls here name identifiers bare (/totp/<identifier>); the URL token has tests of its own
+    # (test_url_token.py) and is on in every other set-up (serve, launcher, demo)
+    settings.server.require_url_token = codes.pop("require_url_token", False)
     assert not codes, codes
     init_store(settings)
     return settings

@@ -27,6 +27,7 @@ from helpers_launch import (
     wait_until,
 )
 
+from totp_service.launcher.urls import url_token
 from totp_service.cli.launch import StatusPrinter
 from totp_service.launcher.runs import LaunchEvent
 
@@ -198,7 +199,10 @@ def test_failed_run_exits_3(env: Env, run_cli: Any) -> None:
 def test_url_command(env: Env, run_cli: Any) -> None:
     result = run_cli("url", "Alice@Example.com")
     assert result.code == 0
-    assert result.out.strip() == f"{env.settings.server.effective_public_url}/totp/alice%40example.com"
+    token = url_token(env.settings, "alice@example.com")  # the URL's ?k= (server.require_url_token)
+    assert result.out.strip() == f"{env.settings.server.effective_public_url}/totp/alice%40example.com?k={token}"
+    as_json = json.loads(run_cli("url", "alice@example.com", "--json").out)
+    assert as_json["token"] == token and as_json["bound_url"].endswith(f"/totp?k={url_token(env.settings, None)}")
     unknown = run_cli("url", "Nobody@Example.com")
     assert unknown.code == 1 and unknown.out == ""
     assert unknown.err == "totp-service: error: no secret for 'nobody@example.com'\n"

@@ -33,7 +33,7 @@ from totp_service import attach_pusher, launch_agent, launch_task, totp_url
 from totp_service.launcher.client import SkyvernRunStartUnknown
 from totp_service.launcher.pusher import CodeSourceError
 from totp_service.launcher.request import RequestError
-from totp_service.launcher.runs import CloudNeedsPush, RunOutcome, ServiceNotReady
+from totp_service.launcher.runs import CloudNeedsPush, RunOutcome, ServiceNotReady, url_token
 
 
 @pytest.fixture
@@ -97,7 +97,9 @@ def test_url_mode_completes_with_signed_pull(env: Env) -> None:
         final = env.sim.state.run(outcome.run_id)
     assert outcome.status == "completed", final["failure_reason"]
     assert final["code_source"] == "totp_url" and "200 (code)" in final["totp_answers"]
-    assert final["run_request"]["totp_url"] == f"{base}/totp/alice%40example.com" == totp_url(env.settings, IDENTIFIER)
+    token = url_token(env.settings, IDENTIFIER)  # the URL's ?k=: the pull carried it (require_url_token)
+    assert final["run_request"]["totp_url"] == f"{base}/totp/alice%40example.com?k={token}" \
+        == totp_url(env.settings, IDENTIFIER)
     assert final["run_request"]["parameters"] == {"totp_url": totp_url(env.settings, IDENTIFIER)}
     assert final["block_tasks"][0]["totp_url"] == totp_url(env.settings, IDENTIFIER)
     assert "totp_identifier" not in final["run_request"]

@@ -34,6 +34,7 @@ from totp_service import attach_pusher, inspect_agent, launch_agent, totp_url
 from totp_service.launcher.agents import AgentUnreadable, WiringRefused
 from totp_service.launcher.client import SkyvernClient
 from totp_service.launcher.pusher import Pusher, WindowCode
+from totp_service.launcher.wiring import shown_url
 from totp_service.service.servers import free_port
 
 P = agent_parameter
@@ -179,7 +180,7 @@ def test_agent_show(env: Env, run_cli: Any) -> None:
     assert "  block 'sign_in' (login): totp_identifier = '{{ who }}', totp_verification_url = '{{ otp }}'" in both.out
     assert f"launch --mode push --identifier {IDENTIFIER}:\n  block 'sign_in' (login): totp_identifier <- " \
            f"parameters.who = {IDENTIFIER}\n" in both.out
-    assert f"totp_verification_url <- parameters.otp = {url}" in both.out
+    assert f"totp_verification_url <- parameters.otp = {shown_url(url)}" in both.out and "?k=***" in both.out
     nested = run_cli("agent", "show", "wpid_nested", "--json")
     report = json.loads(nested.out)
     assert report["blocks"][0]["inside"] == ["each"] and report["modes"]["push"]["ok"]

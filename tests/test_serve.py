@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -90,6 +91,16 @@ def serving(env: dict[str, str], *args: str) -> Iterator[tuple[Proc, str]]:
             proc.popen.wait()
 
 
+def _pull_path(env: dict[str, str], identifier: str) -> str:
+    """The path + ?k= token of `totp-service url --json` (serve requires the URL token)."""
+    result = _cli(env, "url", identifier, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    parts = urlsplit(data["url"])
+    assert parts.query == f"k={data['token']}" and data["bound_url"].split("?")[0].endswith("/totp")
+    return f"{parts.path}?{parts.query}"
+
+
 @pytest.fixture()
 def store_env(tmp_path: Path) -> dict[str, str]:
     config = tmp_path / "config.yaml"  # no holds: this test is about the process, not freshness
@@ -104,6 +115,8 @@ def store_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_serve_starts_answers_and_stops_cleanly_without_leaking_codes(store_env: dict[str, str]) -> None:
+    path = _pull_path(store_env, "alice@example.com")
+    token = path.split("?k=")[1]
     started = time.monotonic()
     with serving(store_env) as (proc, url):
         line = proc.wait_for("listening on")
@@ -112,20 +125,20 @@ def test_serve_starts_answers_and_stops_cleanly_without_leaking_codes(store_env:
             elapsed = time.monotonic() - started
             assert "http://127.0.0.1:" in line and "1 identifier(s)" in line and "1 Skyvern key(s)" in line
             assert "WARNING" not in line
-            codes = [pull(client, "/totp/alice%40example.com", {"task_id": "tsk_1"}).json()["verification_code"]
-                     for _ in range(2)]
+            assert pull(client, "/totp/alice%40example.com", {"task_id": "tsk_1"}).status_code == 401  # no token
+            codes = [pull(client, path, {"task_id": "tsk_1"}).json()["verification_code"] for _ in range(2)]
             codes.append(client.get("/v1/codes/alice%40example.com", headers=bearer(READER_TOKEN)).json()["code"])
             put = client.put("/v1/secrets/bob", headers=bearer(ADMIN_TOKEN), json={"secret": OTHER_BASE32})
             assert put.status_code == 201
             bad = client.put("/v1/secrets/carol", headers=bearer(ADMIN_TOKEN), json={"secret": OTHER_BASE32 + "!"})
             assert bad.status_code == 400
-            pull(client, "/totp/alice%40example.com", {"task_id": "tsk_1"}, key="wrong")
+            pull(client, path, {"task_id": "tsk_1"}, key="wrong")
         with httpx.Client(base_url=url, timeout=10) as fresh:  # a connection that only pulls: serve's own protocol
-            codes.append(pull(fresh, "/totp/Alice%40example.com", {"task_id": "tsk_1"}).json()["verification_code"])
+            codes.append(pull(fresh, f"/totp/Alice%40example.com?k={token}", {"task_id": "tsk_1"}).json()["verification_code"])
         assert proc.stop() == 0
     logs = proc.output
-    assert '"POST /totp/alice%40example.com HTTP/1.1" 200' in logs  # access log turned on (uvicorn's line)
-    assert '"POST /totp/Alice%40example.com HTTP/1.1" 200' in logs  # ... and pull_protocol's
+    assert f'"POST {path} HTTP/1.1" 200' in logs  # access log turned on (uvicorn's line)
+    assert f'"POST /totp/Alice%40example.com?k={token} HTTP/1.1" 200' in logs  # ... and pull_protocol's
     for secret_text in (BASE32, OTHER_BASE32, SKYVERN_KEY, ADMIN_TOKEN, READER_TOKEN, *codes):
         assert secret_text not in logs
     assert elapsed < 5  # start to first answer (a loose bound for slow CI machines)
@@ -133,7 +146,8 @@ def test_serve_starts_answers_and_stops_cleanly_without_leaking_codes(store_env:
     audit = _cli(store_env, "audit", "--identifier", "alice@example.com", "--json")
     assert audit.returncode == 0, audit.stderr
     rows = json.loads(audit.stdout)
-    assert [r["outcome"] for r in rows] == ["served", "refused:bad_signature", "served", "served", "served"]
+    assert [r["outcome"] for r in rows] == ["served", "refused:bad_signature", "served", "served", "served",
+                                            "refused:bad_url_token"]
     text = _cli(store_env, "audit", "--since", "1h", "--limit", "2")
     assert text.returncode == 0 and "refused:bad_signature" in text.stdout and len(text.stdout.splitlines()) == 2
     assert _cli(store_env, "audit", "--since", "soon").returncode == 2
@@ -150,12 +164,13 @@ def test_forked_workers_share_the_socket_and_stop_together(store_env: dict[str, 
         assert len(children) == 2
         for _ in range(6):  # a new connection each time: either worker may answer
             with httpx.Client(base_url=url, timeout=10) as client:
-                assert pull(client, "/totp/alice%40example.com", {"task_id": "tsk_w"}).status_code == 200
+                assert pull(client, _pull_path(store_env, "alice@example.com"), {"task_id": "tsk_w"}).status_code == 200
         with httpx.Client(base_url=url, timeout=10) as client:
             assert client.put("/v1/secrets/bob", headers=bearer(ADMIN_TOKEN), json={"secret": OTHER_BASE32}).status_code == 201
+        bob = _pull_path(store_env, "bob")
         for _ in range(6):  # every worker sees the new secret at once
             with httpx.Client(base_url=url, timeout=10) as client:
-                assert pull(client, "/totp/bob", {"task_id": "tsk_w"}).status_code == 200
+                assert pull(client, bob, {"task_id": "tsk_w"}).status_code == 200
         assert proc.stop() == 0
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()

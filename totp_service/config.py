@@ -62,6 +62,9 @@ class ServerSettings:
     # a connection whose request head has not arrived this long after it opened (or after the
     # request's first byte) is closed; at max_connections open ones, a new one gets 503
     header_timeout_seconds: float = 10.0
+    # a pull must carry its URL's token (?k=, see `totp-service url`): a captured signed body is
+    # useless for any other identifier. false is announced at start-up as unsafe.
+    require_url_token: bool = True
     max_connections: int = 2048
 
     @property

@@ -300,7 +300,12 @@ def cmd_url(args: argparse.Namespace, settings: Settings, interrupts: _Interrupt
         with open_store(settings) as store:
             if not store.has_secret(args.identifier):
                 raise SecretNotFound(normalize_identifier(args.identifier))
-    print(url)
+    if args.json:  # for scripts: the URL, its token, and the bound form's URL (POST /totp + bindings)
+        print(json.dumps({"identifier": normalize_identifier(args.identifier), "url": url,
+                          "token": launcher.url_token(settings, args.identifier),
+                          "bound_url": launcher.totp_url(settings, None)}, indent=2))
+    else:
+        print(url)
     return 0
 
 
@@ -392,6 +397,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     url = sub.add_parser("url", help="print the totp_url to give Skyvern (or any client) for an identifier")
     url.add_argument("identifier")
+    url.add_argument("--json", action="store_true", help="URL, token (?k=) and the bound form's URL, as JSON")
     url.set_defaults(handler=_guarded(cmd_url))
 
     demo = sub.add_parser(

@@ -72,6 +72,8 @@ def startup_line(settings: Settings, identifiers: int) -> str:
     warnings += unsafe_file_lines(settings)
     if "*" in server.trusted_proxies:
         warnings.append("UNSAFE server.trusted_proxies is *: any client can name any address in the audit trail")
+    if not server.require_url_token:
+        warnings.append("UNSAFE server.require_url_token is false: a captured signed pull gets any identifier's code")
     if server.max_timestamp_skew_seconds is not None:
         warnings.append(f"x-skyvern-timestamp checked to ±{server.max_timestamp_skew_seconds:g}s")
     line = ", ".join(parts)

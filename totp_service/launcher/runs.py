@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
 from totp_service.config import Settings
+from totp_service.launcher.urls import totp_url, url_token  # noqa: F401  (url_token: part of runs' API)
 from totp_service.identifiers import check_identifier, normalize_identifier
 from totp_service.launcher.agents import attach_notes, fetch_agent, plan_for, wire_agent_run
 from totp_service.launcher.client import (
@@ -110,12 +111,6 @@ EventHandler = Callable[[LaunchEvent], None]
 
 
 # --- totp_url and url-mode checks ---------------------------------------------------------------
-
-
-def totp_url(settings_or_base: Settings | str, identifier: str) -> str:
-    """`<public_url>/totp/<identifier, URL-encoded>`: what Skyvern (or any client) pulls codes from."""
-    base = settings_or_base if isinstance(settings_or_base, str) else settings_or_base.server.effective_public_url
-    return f"{base.rstrip('/')}/totp/{quote(check_identifier(identifier), safe='')}"
 
 
 def is_private_url(url: str) -> bool:

@@ -10,6 +10,7 @@ throughput there). The rules themselves live in pull_rules.py.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from collections.abc import Callable
@@ -57,12 +58,16 @@ class StaleTimestamp(Unauthorized):
     reason = "stale_timestamp"
 
 
+class BadUrlToken(Unauthorized):
+    reason = "bad_url_token"
+
+
 class Throttled(ApiError):
     status, reason = 429, "throttled"
 
 
 # refused before a valid signature: throttled per client and audited in aggregate (refusals.py)
-UNAUTHENTICATED = (BadSignature, StaleTimestamp, BodyTooLarge)
+UNAUTHENTICATED = (BadSignature, StaleTimestamp, BadUrlToken, BodyTooLarge)
 
 
 class _ClientGone(Exception):
@@ -73,12 +78,13 @@ class Trail:
     """What the audit row of one pull will say (slots: one small object per request)."""
 
     __slots__ = ("identifier", "client", "route", "path_identifier", "task_id", "workflow_run_id",
-                 "workflow_permanent_id", "gone")
+                 "workflow_permanent_id", "gone", "url_token")
 
     def __init__(self, identifier: str | None, client: str | None, route: str, path_identifier: str | None) -> None:
         self.identifier, self.client, self.route, self.path_identifier = identifier, client, route, path_identifier
         self.task_id = self.workflow_run_id = self.workflow_permanent_id = None
         self.gone: Callable[[], bool] | None = None  # True once the client has disconnected (set by the front end)
+        self.url_token: bytes | None = None  # the URL's ?k=
 
     def forwarded_by(self, state: ServiceState, forwarded_for: list[bytes]) -> None:
         """Name the client behind a trusted proxy (ServiceState.forwarded_client, uvicorn's rules)."""
@@ -100,17 +106,22 @@ def is_pull_path(path: str) -> bool:
     return path == "/totp" or path.startswith("/totp/")
 
 
-def new_trail(path: str, client: str | None) -> Trail:
+def new_trail(path: str, client: str | None, query: bytes | None = None) -> Trail:
     """The audit trail of a pull to `path` (a decoded path for which is_pull_path holds)."""
     path_identifier = path[6:]
-    return Trail(path_identifier[:512] if path_identifier else None, client,
+    trail = Trail(path_identifier[:512] if path_identifier else None, client,
                   "pull" if path_identifier else "pull_bound", path_identifier or None)
+    if query:
+        for part in query.split(b"&"):
+            if part.startswith(b"k="):
+                trail.url_token = part[2:]
+    return trail
 
 
 async def handle_pull(state: ServiceState, scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The ASGI form (any ASGI server; serve's own protocol answers pulls in pull_protocol.py)."""
     client = scope.get("client")
-    trail = new_trail(scope["path"], client[0] if client else None)
+    trail = new_trail(scope["path"], client[0] if client else None, scope.get("query_string"))
     try:
         raw, signature, timestamp = await _read_body(state, scope, receive, state.settings.server.max_body_bytes,
                                                      trail)
@@ -261,6 +272,17 @@ def _check_signature(state: ServiceState, raw: bytes, given: bytes | None, times
             raise StaleTimestamp(f"{signing.TIMESTAMP_HEADER} is more than {skew:g} s off this server's clock")
 
 
+def _check_url_token(state: ServiceState, trail: Trail) -> None:
+    """The URL's ?k= must be the token of its identifier (or of the bound form): the signature
+    covers only the body, so a body captured for one identifier must not open another's code."""
+    path_identifier = trail.path_identifier
+    expected = state.url_token(state.normalize(path_identifier) if path_identifier else None)
+    given = trail.url_token
+    if given is None or not hmac.compare_digest(expected, given):
+        raise BadUrlToken("the URL's token (?k=) is missing or is not this identifier's: use the totp_url that "
+                          "`totp-service url` prints")
+
+
 def _parse_body(raw: bytes) -> PullBody:
     """parse_json_object + parse_pull_body in one step (same rules, same messages)."""
     try:
@@ -279,6 +301,8 @@ async def _pull(state: ServiceState, trail: Trail, raw: bytes, signature: bytes 
     settings = state.settings
     path_identifier = trail.path_identifier
     _check_signature(state, raw, signature, timestamp)
+    if settings.server.require_url_token:
+        _check_url_token(state, trail)
     body = _parse_body(raw)
     trail.task_id, trail.workflow_run_id, trail.workflow_permanent_id = (
         body.task_id, body.workflow_run_id, body.workflow_permanent_id)

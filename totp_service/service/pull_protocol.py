@@ -102,6 +102,7 @@ class PullProtocol(asyncio.Protocol):
         self._starts_chunk = True
         self._url = b""
         self._path = ""
+        self._query: bytes | None = None
         self._pull = False
         self._signature: bytes | None = None
         self._timestamp: bytes | None = None
@@ -198,6 +199,7 @@ class PullProtocol(asyncio.Protocol):
             self._chunks = []  # where it began in this read is unknown: nothing to hand off
         self._url = b""
         self._path = ""
+        self._query = None
         self._pull = False
         self._signature = self._timestamp = None
         self._forwarded = None
@@ -239,7 +241,9 @@ class PullProtocol(asyncio.Protocol):
         parser = self._parser
         self._keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()  # as uvicorn
         if parser.get_method() == b"POST" and not parser.should_upgrade():
-            path = httptools.parse_url(self._url).path.decode("ascii")  # decoded as uvicorn does
+            url = httptools.parse_url(self._url)
+            path = url.path.decode("ascii")  # decoded as uvicorn does
+            self._query = url.query
             if "%" in path:
                 path = urllib.parse.unquote(path)
             self._path = path
@@ -276,7 +280,7 @@ class PullProtocol(asyncio.Protocol):
     # --- answering pulls -------------------------------------------------------------------
 
     def _enqueue(self, body: bytes, refusal: BodyTooLarge | None, keep_alive: bool) -> None:
-        trail = new_trail(self._path, self._client)
+        trail = new_trail(self._path, self._client, self._query)
         trail.gone = self._gone
         if self._forwarded is not None:
             trail.forwarded_by(self._service, self._forwarded)

@@ -66,6 +66,7 @@ class ServiceState:
         self.forwarded_allow_ips = list(settings.server.trusted_proxies)
         self.trusted_proxies = ProxyHeadersMiddleware(None, self.forwarded_allow_ips)  # type: ignore[arg-type]
         self._normalized: dict[str, str] = {}
+        self._url_tokens: dict[str | None, bytes] = {}
         self._tokens = {role: [t.encode("utf-8") for t in settings.tokens_for(role)] for role in ("admin", "reader")}
         self._secrets: dict[str, CachedSecret] = {}
         self._secrets_version = -1
@@ -100,6 +101,15 @@ class ServiceState:
         identifier = normalize_identifier(identifier)
         self._secrets.pop(identifier, None)
         self._claims.pop(identifier, None)
+
+    def url_token(self, identifier: str | None) -> bytes:
+        """The ?k= token of an identifier's totp_url (None: the bound form), remembered (bounded)."""
+        found = self._url_tokens.get(identifier)
+        if found is None:
+            if len(self._url_tokens) >= NORMALIZED_MAX_ENTRIES:
+                self._url_tokens.clear()
+            found = self._url_tokens[identifier] = self.store.url_token(identifier).encode("ascii")
+        return found
 
     def normalize(self, identifier: str) -> str:
         """normalize_identifier, remembered (bounded): a regex match per pull showed in the profile."""
