@@ -64,3 +64,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch)
 
 
 from tests.pg_cluster import pg_cluster, pg_url  # noqa: E402,F401  (fixtures: a private PostgreSQL)
+
+
+@pytest.fixture(params=["pull_protocol", "asgi"])
+def front_end(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test twice: as `serve` answers pulls (its own protocol), and through the ASGI handler.
+    Use it with `pytestmark = pytest.mark.usefixtures("front_end")` or as an argument."""
+    from tests import helpers_app
+
+    if request.param == "asgi":
+        monkeypatch.setattr(helpers_app, "SERVER_PROTOCOL", "httptools")
+    return str(request.param)

@@ -19,18 +19,12 @@ import pytest
 from totp_service.service.refusals import OTHER_CLIENTS, RefusalGuard
 from totp_service.store import AuditEntry, sqlite_maintenance
 from totp_service.store.open import open_store
-from tests import helpers_app
 from tests.helpers_app import SKYVERN_KEY, add_secret, make_settings, pull, running_service
 
 REPO = Path(__file__).resolve().parent.parent
 IDENTIFIER = "alice@example.com"
 
 
-@pytest.fixture(params=["pull_protocol", "asgi"])
-def server_protocol(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "asgi":
-        monkeypatch.setattr(helpers_app, "SERVER_PROTOCOL", "httptools")
-    return str(request.param)
 
 
 def _store_bytes(database: Path) -> int:
@@ -51,7 +45,7 @@ def test_guard_throttles_past_the_limit_and_aggregates_per_client_and_reason() -
     assert guard.refuse("10.0.0.1", "bad_signature", "x", "pull", "d", now=1061.0)[1] is None  # a new window
 
 
-def test_a_bad_signature_flood_is_throttled_and_adds_almost_nothing_to_the_store(tmp_path, server_protocol) -> None:
+def test_a_bad_signature_flood_is_throttled_and_adds_almost_nothing_to_the_store(tmp_path, front_end) -> None:
     settings = make_settings(tmp_path)
     settings.server.refusal_limit = 20
     add_secret(settings, IDENTIFIER)

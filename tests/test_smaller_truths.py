@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from totp_service import signing
-from tests import helpers_app
 from tests.helpers_app import (
     ADMIN_TOKEN,
     BASE32,
@@ -26,11 +25,7 @@ from tests.helpers_app import (
 )
 
 
-@pytest.fixture(autouse=True, params=["pull_protocol", "asgi"])
-def server_protocol(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "asgi":
-        monkeypatch.setattr(helpers_app, "SERVER_PROTOCOL", "httptools")
-    return str(request.param)
+pytestmark = pytest.mark.usefixtures("front_end")
 
 
 def test_readyz_says_not_ready_when_no_audit_row_can_be_written(tmp_path) -> None:

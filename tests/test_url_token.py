@@ -7,7 +7,6 @@ import time
 import pytest
 
 from totp_service.launcher.urls import totp_url, url_token
-from tests import helpers_app
 from tests.helpers_app import (
     ADMIN_TOKEN,
     BASE32,
@@ -21,11 +20,7 @@ from tests.helpers_app import (
 )
 
 
-@pytest.fixture(autouse=True, params=["pull_protocol", "asgi"])
-def server_protocol(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "asgi":
-        monkeypatch.setattr(helpers_app, "SERVER_PROTOCOL", "httptools")
-    return str(request.param)
+pytestmark = pytest.mark.usefixtures("front_end")
 
 
 def _path(url: str) -> str:
