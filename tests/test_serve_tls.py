@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.helpers_app import BASE32, SKYVERN_KEY, pull
-from tests.test_serve import Proc, _cli, store_env  # noqa: F401  (store_env is a fixture)
+from tests.test_serve import Proc, _cli, _pull_path, store_env  # noqa: F401  (store_env is a fixture)
 from totp_service.cli.serve import startup_line
 from totp_service.config import Settings
 from totp_service.service.servers import free_port
@@ -62,21 +62,22 @@ def test_serve_over_tls_answers_a_signed_pull(store_env: dict[str, str], tmp_pat
     assert cert.stat().st_mode & 0o777 == 0o600 and key.stat().st_mode & 0o777 == 0o600
     env = {**store_env, "TOTP_SERVICE_CONFIG": str(_config(tmp_path / "tls.yaml", cert, key))}
     port = free_port()
+    path = _pull_path(env, "alice@example.com")  # with its ?k= token
     proc = Proc([sys.executable, "-m", "totp_service", "serve", "--port", str(port)], env)
     try:
         line = proc.wait_for("listening on")
         assert f"listening on https://127.0.0.1:{port}" in line
-        assert f"totp_url https://127.0.0.1:{port}/totp/<identifier>" in line
+        assert f"totp_url https://127.0.0.1:{port}/totp/<identifier>?k=<token>" in line
         assert "WARNING" not in line
         verify = ssl.create_default_context(cafile=str(cert))
         with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=verify, timeout=10) as client:
             before = time.time()
-            answer = pull(client, "/totp/alice%40example.com", {"task_id": "tsk_tls"})
+            answer = pull(client, path, {"task_id": "tsk_tls"})
             after = time.time()
             assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
             code = answer.json()["verification_code"]
             assert code in {pyotp.TOTP(BASE32).at(int(before)), pyotp.TOTP(BASE32).at(int(after))}
-            assert pull(client, "/totp/alice%40example.com", {"task_id": "tsk_tls"}, key="wrong").status_code == 401
+            assert pull(client, path, {"task_id": "tsk_tls"}, key="wrong").status_code == 401
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as plain:  # no plain-text fallback
             with pytest.raises(httpx.HTTPError):
                 plain.get("/healthz")

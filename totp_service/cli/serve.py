@@ -54,7 +54,8 @@ def startup_line(settings: Settings, identifiers: int) -> str:
     keys = len(settings.skyvern.signing_keys)
     parts = [
         f"totp-service: listening on {scheme}://{server.host}:{server.port}",
-        f"totp_url {settings.server.effective_public_url}/totp/<identifier>",
+        f"totp_url {settings.server.effective_public_url}/totp/<identifier>"
+        + ("?k=<token> (`totp-service url <identifier>`)" if settings.server.require_url_token else ""),
         f"{identifiers} identifier(s)" + (f" in {store_location(settings)}" if settings.store.url else ""),
         f"{keys} Skyvern key(s)",
         f"workers {max(1, server.workers)}",
