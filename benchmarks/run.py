@@ -263,6 +263,7 @@ class Ours:
         self.name = name
         self.database = database  # tag -> a fresh PostgreSQL URL (store.url), else the SQLite default
         self.urls: dict[Path, str] = {}
+        self.url_key: Any = None  # the master key of the store being loaded: its totp_urls carry ?k=<token>
 
     def env(self, data_dir: Path, config: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOTP_SERVICE_")}
@@ -296,6 +297,11 @@ class Ours:
         env = self.env(data_dir, config)
         timings: dict[str, float] = {}
         timings["init_s"] = self.run(["--data-dir", str(data_dir), "init"], env)
+        # serve ships with server.require_url_token on: pull the URLs `totp-service url` hands out
+        sys.path.insert(0, str(REPO))
+        from totp_service.store.crypto import load_key_file
+
+        self.url_key = load_key_file(data_dir / "master.key")
         if uri_file is not None:
             timings["import_s"] = self.run(["--data-dir", str(data_dir), "secret", "import", str(uri_file)], env)
         return data_dir, config, timings
@@ -337,9 +343,8 @@ class Ours:
         return ["sh", "-c", shell]
 
     # request shape
-    @staticmethod
-    def path(i: int) -> str:
-        return "/totp/" + urllib.parse.quote(identifier(i), safe="")
+    def path(self, i: int) -> str:
+        return "/totp/" + urllib.parse.quote(identifier(i), safe="") + "?k=" + self.url_key.url_token(identifier(i))
 
     method = "POST"
     body = PULL_BODY
