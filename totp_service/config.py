@@ -94,6 +94,8 @@ class CodeSettings:
     min_validity_seconds: float = 20.0
     max_hold_seconds: float = 25.0
     single_use: bool = True
+    # answer only pulls naming a run with a live run binding to the identifier (pull_rules.check_known_run)
+    known_runs_only: bool = False
 
 
 @dataclass

@@ -60,6 +60,8 @@ def startup_line(settings: Settings, identifiers: int) -> str:
         f"{keys} Skyvern key(s)",
         f"workers {max(1, server.workers)}",
     ]
+    if settings.codes.known_runs_only:
+        parts.append("known-runs mode (only pulls naming a registered live run are answered)")
     parts.append(_admin_api_part(len(settings.tokens_for("admin")), len(settings.tokens_for("reader"))))
     warnings = []
     if server.allow_unsigned:

@@ -15,7 +15,7 @@ import ipaddress
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -48,6 +48,7 @@ from totp_service.launcher.request import (
     check_max_steps,
     check_request,
 )
+from totp_service.launcher.run_bindings import registered_run
 from totp_service.launcher.wiring import WiringPlan
 from totp_service.store import Store
 from totp_service.store.open import open_store
@@ -174,7 +175,7 @@ def make_client(settings: Settings) -> SkyvernClient:
 @contextmanager
 def _resources(
     settings: Settings, identifier: str, mode: str, client: SkyvernClient | None, store: Store | None
-) -> Iterator[tuple[SkyvernClient, CodeSource | None]]:
+) -> Iterator[tuple[SkyvernClient, CodeSource | None, Store | None]]:
     """Open what the mode needs (store, code source, client) and check the identifier is held."""
     with ExitStack() as stack:
         if store is None and settings.launcher.code_source == "local":
@@ -194,7 +195,7 @@ def _resources(
             remote.current(time.time())
         if client is None:
             client = stack.enter_context(make_client(settings))
-        yield client, source
+        yield client, source, store
 
 
 def prepare_request(
@@ -363,7 +364,7 @@ def _launch(
         raise RequestError("--no-wait works in url mode only: push mode must stay to push the codes")
     if mode == "url":
         check_cloud_reachable(settings)
-    with _resources(settings, identifier, mode, client, store) as (skyvern, source):
+    with _resources(settings, identifier, mode, client, store) as (skyvern, source, store):
         if mode == "url":
             check_service(settings, identifier)
         plan = None
@@ -375,14 +376,19 @@ def _launch(
         run = start(body, max_steps=max_steps)
         if not run.get("run_id"):
             raise LaunchError("Skyvern answered the run start without a run_id")
-        created = LaunchEvent("created", f"run {run['run_id']} created ({mode} mode)", str(run["run_id"]),
-                              run.get("status"))
+        run_id = str(run["run_id"])
+        created = LaunchEvent("created", f"run {run_id} created ({mode} mode)", run_id, run.get("status"))
         if on_event:
             on_event(created)
-        if not wait:
-            return RunOutcome(run, events=[created], wiring=plan)
-        outcome = follow_run(skyvern, run, pusher_source=source, interval=settings.launcher.status_interval_seconds,
-                             on_event=on_event, stop=stop, cancel_on_stop=True)
+        note = (lambda kind, message: on_event(LaunchEvent(kind, message, run_id))) if on_event else (lambda *_: None)
+        known_run = nullcontext() if mode != "url" else registered_run(  # known-runs mode: live while followed
+            settings, store, run_id, identifier, body, keep=not wait, emit=note,
+            cancel=lambda: skyvern.cancel_run(run_id))
+        with known_run:
+            if not wait:
+                return RunOutcome(run, events=[created], wiring=plan)
+            outcome = follow_run(skyvern, run, pusher_source=source, on_event=on_event, stop=stop,
+                                 interval=settings.launcher.status_interval_seconds, cancel_on_stop=True)
         outcome.events.insert(0, created)
         outcome.wiring = plan
         return outcome
@@ -476,7 +482,7 @@ def attach_pusher(
     cancels it too).
     """
     identifier = check_identifier(identifier)
-    with _resources(settings, identifier, "push", client, store) as (skyvern, source):
+    with _resources(settings, identifier, "push", client, store) as (skyvern, source, _):
         run = skyvern.get_run(run_id)
         if on_event:
             on_event(LaunchEvent("created", f"attached to run {run_id} ({run.get('status')})", run_id,

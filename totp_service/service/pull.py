@@ -30,6 +30,7 @@ from totp_service.service.pull_rules import (
     PullBody,
     UnknownIdentifier,
     check_agent,
+    check_known_run,
     parse_pull_body,
     plan,
     resolve_identifier,
@@ -312,6 +313,8 @@ async def _pull(state: ServiceState, trail: Trail, raw: bytes, signature: bytes 
         identifier = normalize_identifier(
             resolve_identifier(path_identifier, body, state.find_run, state.find_agent).identifier)
     trail.identifier = identifier
+    if settings.codes.known_runs_only:
+        check_known_run(body, identifier, state.find_run)
     try:
         cached = state.secret(identifier)
     except SecretNotFound:

@@ -3,8 +3,9 @@
 Resolution: the identifier in the URL wins; else a run binding (`task_id`, then
 `workflow_run_id`); else an agent binding (`workflow_permanent_id`). Freshness: a code leaves only
 with at least `min_validity` seconds of its window left, never twice under `single_use`; otherwise
-the answer waits for the next window, at most `max_hold` seconds. Kept free of clocks and stores
-so the rules can be tested with any time.
+the answer waits for the next window, at most `max_hold` seconds. Known runs
+(`codes.known_runs_only`): the run the body names must be bound to the identifier asked for.
+Kept free of clocks and stores so the rules can be tested with any time.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class UnknownIdentifier(NotFound):
 
 class AgentNotAllowed(Forbidden):
     reason = "agent_not_allowed"
+
+
+class UnknownRun(Forbidden):
+    reason = "unknown_run"
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,20 @@ def check_agent(allowed_agents: Sequence[str], agent_id: str | None) -> None:
         raise AgentNotAllowed("this secret is limited to certain agents and the request names none")
     if agent_id not in allowed_agents:
         raise AgentNotAllowed("this agent may not get codes for this identifier")
+
+
+def check_known_run(body: PullBody, identifier: str, find_run: Callable[[str], str | None]) -> None:
+    """Known-runs mode: the body's run (`workflow_run_id`, else `task_id`: a plain task run's id)
+    must have a live run binding to `identifier`, so a pull replayed after its run ended gets nothing."""
+    run_id = body.workflow_run_id or body.task_id
+    if run_id is None:
+        raise UnknownRun("known-runs mode: the body names no run (workflow_run_id or task_id)")
+    bound = find_run(run_id)
+    if bound is None:
+        raise UnknownRun(f"known-runs mode: run {run_id!r} is not registered or is over "
+                         "(register it with POST /v1/bindings, kind run)")
+    if bound != identifier:
+        raise UnknownRun(f"known-runs mode: run {run_id!r} is registered for another identifier")
 
 
 def effective_min_validity(min_validity: float, period: int) -> float:
