@@ -51,7 +51,7 @@ def env(tmp_path: Path, sim: Sim) -> Env:
 
 def test_push_mode_repushes_once_running_and_completes(tmp_path: Path) -> None:
     # a long queue: the push made at creation lands before started_at, so Skyvern ignores it
-    with simulator(queue_delay=1.0) as sim:
+    with simulator(queue_delay=2.0) as sim:  # 1 s: a slow creation push (loaded CI) landed after started_at
         sim.state.add_secret(SECRET, period=PERIOD, totp_identifier=IDENTIFIER)
         env = make_env(tmp_path, sim)
         with env.client() as client:

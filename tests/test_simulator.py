@@ -128,7 +128,7 @@ def test_strict_verification_rejects_wrong_code(sim: tuple[str, SimulatorState])
 
 
 def test_push_only_counts_codes_after_started_at() -> None:
-    with simulator(**{**FAST, "queue_delay": 0.5, "code_wait_timeout": 1.0}) as sim:
+    with simulator(**{**FAST, "queue_delay": 0.5, "code_wait_timeout": 3.0}) as sim:
         base, state = sim.base, sim.state
         state.add_secret(SECRET, totp_identifier="Alice@Example.com")
         early = start_agent(base, totp_identifier="alice@example.com")
@@ -137,7 +137,7 @@ def test_push_only_counts_codes_after_started_at() -> None:
         assert pushed.status_code == 200 and pushed.json()["totp_identifier"] == "alice@example.com"
         assert state.wait_for_run(early["run_id"])["status"] == "timed_out"
 
-        fresh_code(min_left=10)  # so the push below never waits past the 1 s code_wait_timeout
+        fresh_code(min_left=10)  # so the push below never waits past the 3 s code_wait_timeout
         late = start_agent(base, totp_identifier="alice@example.com")
         state.wait_for_run(late["run_id"], {"running"})
         code = fresh_code()
