@@ -128,12 +128,14 @@ def test_strict_verification_rejects_wrong_code(sim: tuple[str, SimulatorState])
 
 
 def test_push_only_counts_codes_after_started_at() -> None:
-    with simulator(**{**FAST, "queue_delay": 0.5, "code_wait_timeout": 3.0}) as sim:
+    # queue 2 s: the early push must land before started_at even on a loaded machine
+    with simulator(**{**FAST, "queue_delay": 2.0, "code_wait_timeout": 3.0}) as sim:
         base, state = sim.base, sim.state
         state.add_secret(SECRET, totp_identifier="Alice@Example.com")
+        early_code = fresh_code()  # before the run: waiting for a window here once pushed after started_at
         early = start_agent(base, totp_identifier="alice@example.com")
         pushed = httpx.post(f"{base}/v1/credentials/totp", headers=headers(),
-                            json={"totp_identifier": " ALICE@example.com ", "content": fresh_code()})
+                            json={"totp_identifier": " ALICE@example.com ", "content": early_code})
         assert pushed.status_code == 200 and pushed.json()["totp_identifier"] == "alice@example.com"
         assert state.wait_for_run(early["run_id"])["status"] == "timed_out"
 
