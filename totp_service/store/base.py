@@ -179,6 +179,20 @@ def open_spec(key: crypto.MasterKey, identifier: str, sealed: bytes) -> otp.Totp
     return otp.TotpSpec(**data)
 
 
+def key_meta(key: crypto.MasterKey, meta: dict[str, bytes] | None = None) -> list[tuple[str, bytes]]:
+    """The meta rows that name a store's master key (check value, key id, and e.g. a passphrase
+    salt), as every backend writes them at creation and at rotation."""
+    return list({"check": crypto.make_check_value(key), "key_id": key.key_id.encode(), **(meta or {})}.items())
+
+
+def reseal_rows(old_key: crypto.MasterKey, new_key: crypto.MasterKey,
+                rows: Iterable[Sequence[Any]]) -> list[tuple[str, bytes, str]]:
+    """(key_id, sealed, identifier) for each stored (identifier, sealed) row, re-sealed under
+    `new_key`: what `rotate_key` writes on every backend."""
+    return [(new_key.key_id, seal_spec(new_key, ident, open_spec(old_key, ident, bytes(sealed))), ident)
+            for ident, sealed in rows]
+
+
 class Store(ABC):
     """A store of sealed secrets, bindings, the audit trail and single-use claims.
 

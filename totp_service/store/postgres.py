@@ -50,7 +50,8 @@ from totp_service.store.base import (
     StoreUnavailable,
     audit_text,
     new_binding,
-    open_spec,
+    key_meta,
+    reseal_rows,
     seal_spec,
 )
 from totp_service.store.postgres_checks import PostgresChecks
@@ -132,10 +133,9 @@ class PostgresStore(PostgresChecks, Store):
         for version in sorted(MIGRATIONS):
             for statement in MIGRATIONS[version]:
                 conn.execute(statement)  # type: ignore[arg-type]
-        values = {"schema_version": str(SCHEMA_VERSION).encode(), "check": crypto.make_check_value(self._key),
-                  "key_id": self._key.key_id.encode(), **meta}
+        values = [("schema_version", str(SCHEMA_VERSION).encode()), *key_meta(self._key, meta)]
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO meta (name, value) VALUES (%s, %s)", list(values.items()))
+            cur.executemany("INSERT INTO meta (name, value) VALUES (%s, %s)", values)
 
     @staticmethod
     def _meta(conn: psycopg.Connection[Any], name: str) -> bytes | None:
@@ -310,13 +310,11 @@ class PostgresStore(PostgresChecks, Store):
         with self._transaction() as conn:
             self._check_key_on(conn)
             rows = conn.execute("SELECT identifier, sealed FROM secrets FOR UPDATE").fetchall()
-            resealed = [(new_key.key_id, seal_spec(new_key, ident, open_spec(self._key, ident, bytes(sealed))), ident)
-                        for ident, sealed in rows]
+            resealed = reseal_rows(self._key, new_key, rows)
             with conn.cursor() as cur:
                 cur.executemany("UPDATE secrets SET key_id = %s, sealed = %s WHERE identifier = %s", resealed)
-                values = {"check": crypto.make_check_value(new_key), "key_id": new_key.key_id.encode(), **(meta or {})}
                 cur.executemany("INSERT INTO meta (name, value) VALUES (%s, %s) "
-                                "ON CONFLICT (name) DO UPDATE SET value = excluded.value", list(values.items()))
+                                "ON CONFLICT (name) DO UPDATE SET value = excluded.value", key_meta(new_key, meta))
             if meta is None:
                 conn.execute("DELETE FROM meta WHERE name = 'kdf_salt'")
         self._key = new_key

@@ -40,7 +40,8 @@ from totp_service.store.base import (
     StoreMissing,
     audit_text,
     new_binding,
-    open_spec,
+    key_meta,
+    reseal_rows,
     seal_spec,
 )
 
@@ -152,13 +153,8 @@ class SqliteStore(Store):
             for version in sorted(MIGRATIONS):
                 for statement in MIGRATIONS[version]:
                     conn.execute(statement)
-            values = {
-                "schema_version": str(SCHEMA_VERSION).encode(),
-                "check": crypto.make_check_value(self._key),
-                "key_id": self._key.key_id.encode(),
-                **meta,
-            }
-            conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", list(values.items()))
+            values = [("schema_version", str(SCHEMA_VERSION).encode()), *key_meta(self._key, meta)]
+            conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", values)
 
     def _meta(self, name: str) -> bytes | None:
         try:
@@ -302,15 +298,11 @@ class SqliteStore(Store):
         with self._transaction() as conn:
             self._check_key_on(conn)
             rows = conn.execute("SELECT identifier, sealed FROM secrets").fetchall()
-            resealed = [
-                (new_key.key_id, seal_spec(new_key, ident, open_spec(self._key, ident, bytes(sealed))), ident)
-                for ident, sealed in rows
-            ]
+            resealed = reseal_rows(self._key, new_key, rows)
             conn.executemany("UPDATE secrets SET key_id = ?, sealed = ? WHERE identifier = ?", resealed)
-            values = {"check": crypto.make_check_value(new_key), "key_id": new_key.key_id.encode(), **(meta or {})}
             conn.executemany(
                 "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                list(values.items()),
+                key_meta(new_key, meta),
             )
             if meta is None:
                 conn.execute("DELETE FROM meta WHERE name = 'kdf_salt'")
